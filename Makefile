@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO := examples/demo
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python $(DEMO)/generate.py --out $(DEMO)/data
+	$(BIN)/headrace --project $(DEMO) run
+	$(BIN)/headrace --project $(DEMO) query "select * from gold.daily_revenue order by order_date desc, revenue desc" --limit 10
+	@echo "Re-running: every table is already up to date, so nothing is rewritten."
+	$(BIN)/headrace --project $(DEMO) run
+	$(BIN)/headrace --project $(DEMO) runs --limit 5
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(DEMO)/data $(DEMO)/lake $(DEMO)/.headrace bench/.work

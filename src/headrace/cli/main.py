@@ -1,0 +1,244 @@
+"""The ``headrace`` command line: parses, calls the runner/lake, prints.
+
+Errors a user can fix print as one or two lines (message and hint); tracebacks only with
+``--debug``. Heavy modules are imported inside commands so ``headrace --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from headrace.errors import ConfigError, HeadraceError
+
+if TYPE_CHECKING:
+    from headrace.runner.workspace import Workspace
+
+app = typer.Typer(
+    name="headrace",
+    help="Reliable data pipelines on an open lakehouse (DuckDB + Delta Lake).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class _State:
+    project: Path | None = None
+    profile: str | None = None
+    debug: bool = False
+
+
+state = _State()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+SelectOpt = Annotated[
+    list[str] | None,
+    typer.Option("--select", "-s", help="Tables: name, glob (silver.*), +name (with upstream), name+ (with downstream), tag:x."),
+]
+
+
+@app.callback()
+def _global(
+    project: Annotated[Path | None, typer.Option("--project", "-p", help="Project folder (default: search upward from cwd).")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Profile from headrace.toml (env HEADRACE_PROFILE).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    state.project = project
+    state.profile = profile
+    state.debug = debug or bool(os.environ.get("HEADRACE_DEBUG"))
+    if state.debug:
+        os.environ["HEADRACE_DEBUG"] = "1"
+
+
+def _workspace(overrides: dict[str, Any] | None = None) -> Workspace:
+    from headrace.runner.workspace import Workspace
+
+    return Workspace.open(state.project, profile=state.profile, overrides=overrides)
+
+
+# ---- init -----------------------------------------------------------------------------------
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")],
+    name: Annotated[str | None, typer.Option(help="Project name (default: folder name).")] = None,
+) -> None:
+    """Create a new project with a sample pipeline, a SQL model and sample data."""
+    from headrace.cli.render import out
+    from headrace.project.scaffold import scaffold
+
+    written = scaffold(directory, name=name)
+    out.print(f"created project in {directory} ({len(written)} files)")
+    out.print(f"next: cd {directory} && headrace run")
+
+
+# ---- run / retry ----------------------------------------------------------------------------
+@app.command()
+def run(
+    select: SelectOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Tables in parallel.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when inputs are unchanged.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the selected tables (default: all) in dependency order."""
+    ws = _workspace()
+    try:
+        names = ws.select(select or [])
+        result = _execute(lambda listener: ws.run(select or [], workers=workers, force=force, listener=listener),
+                          names, as_json=as_json)
+    finally:
+        ws.close()
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def retry(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix) from `headrace runs`.")],
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-run only the failed and skipped tables of an earlier run."""
+    ws = _workspace()
+    try:
+        record = ws.store.get_run(run_id)
+        names = [t.table for t in ws.store.tasks(record.run_id) if t.status != "success" and t.status != "unchanged"]
+        result = _execute(lambda listener: ws.retry(record.run_id, workers=workers, listener=listener),
+                          names, as_json=as_json)
+    finally:
+        ws.close()
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _execute(call: Any, names: list[str], *, as_json: bool) -> Any:
+    from headrace.cli.render import RunProgress, print_json, print_run_summary, run_result_json
+
+    with RunProgress(names, enabled=not as_json) as progress:
+        result = call(progress)
+    if as_json:
+        print_json(run_result_json(result))
+    else:
+        print_run_summary(result)
+    return result
+
+
+# ---- inspection -----------------------------------------------------------------------------
+@app.command()
+def runs(
+    run_id: Annotated[str | None, typer.Argument(help="Show one run's tables and attempts.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent runs, or the tables of one run."""
+    from headrace.cli.inspect import show_run, show_runs
+
+    ws = _workspace()
+    try:
+        if run_id:
+            show_run(ws, run_id, as_json=as_json)
+        else:
+            show_runs(ws, limit, as_json=as_json)
+    finally:
+        ws.close()
+
+
+@app.command()
+def show(
+    table: Annotated[str, typer.Argument(help="Table name, e.g. bronze.orders.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="History entries.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Schema, partitions, row count and Delta version history of a table."""
+    from headrace.cli.inspect import show_table
+
+    ws = _workspace()
+    try:
+        show_table(ws, table, limit, as_json=as_json)
+    finally:
+        ws.close()
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL; lake tables by their names (bronze.orders).")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Rows to print.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Query lake tables with DuckDB SQL."""
+    from headrace.cli.inspect import run_query
+
+    ws = _workspace()
+    try:
+        run_query(ws, sql, limit, as_json=as_json)
+    finally:
+        ws.close()
+
+
+@app.command()
+def dag(select: SelectOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the dependency graph of the project's tables."""
+    from headrace.cli.inspect import show_dag
+
+    show_dag(_workspace(), select or [], as_json=as_json)
+
+
+@app.command("config")
+def config_cmd(as_json: JsonOpt = False) -> None:
+    """Show every setting, its value and where it came from."""
+    from headrace.cli.inspect import show_config
+
+    show_config(_workspace(), as_json=as_json)
+
+
+# ---- entry point ----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console entry: maps errors to short messages and exit codes (2 = fix config, 1 = failed)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv) or bool(os.environ.get("HEADRACE_DEBUG"))
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="headrace")
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        code = getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        code = 130
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    except HeadraceError as exc:
+        if debug:
+            traceback.print_exc()
+        _print_error(exc)
+        code = 2 if isinstance(exc, ConfigError) else 1
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc}\n"
+                         "  hint: rerun with --debug for the traceback, and report it\n")
+        code = 70
+    code = int(code or 0) if isinstance(code, int | type(None)) else 0
+    sys.stdout.flush()
+    return code
+
+
+def _print_error(exc: HeadraceError) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(stderr=True, highlight=False)
+    console.print(Text.assemble(("error: ", "bold red"), exc.message))
+    if exc.hint:
+        console.print(Text.assemble(("  hint: ", "yellow"), exc.hint))
+
+
+def entry() -> None:
+    sys.exit(main())

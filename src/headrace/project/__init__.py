@@ -1,0 +1,1 @@
+"""Loading a project: pipeline modules, SQL models and the table DAG."""

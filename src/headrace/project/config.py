@@ -1,0 +1,864 @@
+"""Typed project configuration: ``headrace.toml`` in, an immutable :class:`ResolvedConfig` out.
+
+A project is a folder holding ``headrace.toml``. Every setting has a default, so a file with
+nothing but ``name = "demo"`` (or even an empty file) is a valid project::
+
+    name = "demo"                 # project name (default: folder name)
+    default_profile = "dev"       # profile used when none is given (optional)
+    lake = "lake"                 # lake root; relative paths resolve against the project folder
+    state = "sqlite:///.headrace/state.db"   # or postgresql://user:pass@host/db ; relative sqlite paths resolve against the project folder
+    engine = "duckdb"             # only "duckdb" is valid for now
+    pipelines = "pipelines"       # folder of Python definitions
+    models = "models"             # folder of SQL models
+
+    [run]
+    workers = 4                   # tables run in parallel (>=1)
+    retries = 2                   # extra attempts for transient errors (>=0)
+    backoff_seconds = 1.0         # first retry delay; doubles each attempt, with full jitter
+    max_backoff_seconds = 30.0
+    lock_timeout_seconds = 600.0  # wait for another run writing the same table
+
+    [write]
+    compression = "zstd"          # zstd | snappy | gzip | lz4 | none
+    compression_level = 3         # optional
+    target_file_size = "128MB"    # bytes as int or a string with KB/MB/GB (1024-based), > 0
+
+    [duckdb]
+    memory_limit = "4GB"          # optional, passed to DuckDB as-is (validate the form number+unit)
+    threads = 2                   # optional, >=1
+    temp_directory = ".headrace/tmp"   # spill folder; relative to project
+
+    [profiles.dev]
+    lake = "lake"
+
+    [profiles.prod]
+    lake = "/data/lake"
+    state = "${HEADRACE_STATE_URL}"
+    [profiles.prod.run]
+    workers = 8
+
+How a value is chosen, lowest to highest precedence: built-in default, the top level of
+``headrace.toml``, the selected profile (deep-merged key by key, so ``[profiles.prod.run]``
+changes only the run keys it names), then ``overrides`` (explicit CLI values such as
+``{"run.workers": 2}``). A profile may set anything except ``name``, ``default_profile`` and
+``profiles``. The profile is the ``profile`` argument, else ``$HEADRACE_PROFILE``, else
+``default_profile``, else none (top level only).
+
+String values may use ``${VAR}`` or ``${VAR:-default}`` (the default also applies when VAR is
+set but empty, as in the shell); ``$${`` is a literal ``${``. Interpolation runs after the
+merge and only on values that are actually used, so the ``prod`` profile can reference a
+secret that is not exported on a laptop running ``dev``. Overrides are never interpolated:
+the shell already expanded them.
+
+Validation is strict because a misspelt key silently falling back to a default is the worst
+kind of config bug: unknown keys are errors in every table, including profiles that are not
+selected, and every profile is type-checked (except values that still hold ``${...}``).
+Errors are :class:`~headrace.errors.ProjectError` with the file, the line where it can be
+found, the dotted key and a hint; pydantic's own wording never reaches the user.
+
+Notes on the resolved values: ``compression_level`` is dropped (``None``) for codecs without
+levels (snappy, lz4, none), because TOML cannot unset a key and a profile switching codec
+must not inherit an inapplicable level. ``memory_limit`` uses DuckDB's units, where ``GB``
+is 1000-based; ``target_file_size`` is 1024-based.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from headrace.errors import ProjectError
+from headrace.spec._names import did_you_mean
+
+CONFIG_FILE = "headrace.toml"
+PROFILE_ENV = "HEADRACE_PROFILE"
+
+# Add "spark" here (and an engine) and the config accepts it everywhere.
+Engine = Literal["duckdb"]
+Compression = Literal["zstd", "snappy", "gzip", "lz4", "none"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+# Level ranges the Delta writer accepts; other codecs have no level.
+_LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9)}
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
+_MEMORY = re.compile(
+    r"^\s*\d+(?:\.\d+)?\s*(?:%|[kmgt]i?b|[kmgt]|b|bytes|(?:kilo|mega|giga|tera)bytes)\s*$",
+    re.IGNORECASE,
+)
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+[\w.]+)?)://(.*)$", re.IGNORECASE | re.DOTALL)
+_REF = re.compile(r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{")
+
+
+class _Invalid(ValueError):
+    """A validator's complaint already phrased for users, with an optional hint."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def _no_bool(value: Any) -> Any:
+    """Reject booleans, which pydantic would otherwise accept as 0/1 for counts."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+def _choice(kind: str, choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Build a case-insensitive membership check that suggests the closest valid choice."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value  # the Literal type reports the wrong type
+        lowered = value.strip().lower()
+        if lowered in choices:
+            return lowered
+        raise _Invalid(
+            f"Unknown {kind} {value!r}.{did_you_mean(lowered, choices)}",
+            hint=f"valid values: {', '.join(choices)}",
+        )
+
+    return check
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string like ``"128MB"`` (1024-based; KB/MB/GB/TB, KiB also accepted)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        unit = (match[2] or "").lower().replace("i", "")
+        size = int(float(match[1]) * _SIZE_UNITS[unit])
+    else:
+        raise ValueError("not a size")
+    if size <= 0:
+        raise ValueError("size must be > 0")
+    return size
+
+
+Count = Annotated[int, BeforeValidator(_no_bool)]
+Seconds = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
+PositiveCount = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+
+
+class _Section(BaseModel):
+    """Strict, immutable base: an unknown key is an error, never a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(_Section):
+    """``[run]``: parallelism, retries and lock waiting for ``headrace run``."""
+
+    workers: PositiveCount = Field(4, description="an integer >= 1")
+    retries: Annotated[Count, Field(ge=0)] = Field(2, description="an integer >= 0")
+    backoff_seconds: Seconds = Field(1.0, description="a number of seconds >= 0")
+    max_backoff_seconds: Seconds = Field(30.0, description="a number of seconds >= 0")
+    lock_timeout_seconds: Seconds = Field(600.0, description="a number of seconds >= 0")
+
+    @field_validator("max_backoff_seconds")
+    @classmethod
+    def _cap_not_below_first_delay(cls, value: float, info: ValidationInfo) -> float:
+        """A cap below the first delay would make the doubling schedule meaningless."""
+        first = info.data.get("backoff_seconds")
+        if first is not None and value < first:
+            raise _Invalid(
+                f"{value} is smaller than run.backoff_seconds ({first})",
+                hint="max_backoff_seconds caps the doubling delay, so it must be >= backoff_seconds",
+            )
+        return value
+
+
+class WriteConfig(_Section):
+    """``[write]``: how Delta data files are written."""
+
+    compression: Annotated[Compression, BeforeValidator(_choice("compression", COMPRESSIONS))] = (
+        Field("zstd", description=f"one of {', '.join(COMPRESSIONS)}")
+    )
+    compression_level: Count | None = Field(None, description="an integer")
+    target_file_size: Annotated[int, BeforeValidator(parse_size)] = Field(
+        128 * 1024**2,
+        description="a size > 0: bytes as an integer or a string like '128MB' (KB/MB/GB)",
+    )
+
+    @field_validator("compression_level")
+    @classmethod
+    def _level_fits_codec(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """Drop levels for codecs without one; range-check the rest so the writer never fails."""
+        codec = info.data.get("compression")
+        if value is None or codec is None:
+            return value
+        if codec not in _LEVELS:
+            return None
+        low, high = _LEVELS[codec]
+        if not low <= value <= high:
+            raise _Invalid(
+                f"{value} is out of range for {codec} ({low}..{high})",
+                hint=f"{codec} levels go from {low} (fast) to {high} (small)",
+            )
+        return value
+
+
+class DuckDBConfig(_Section):
+    """``[duckdb]``: engine resources. ``temp_directory`` is absolute once resolved."""
+
+    memory_limit: str | None = Field(None, description="a size such as '4GB', '512MB' or '80%'")
+    threads: PositiveCount | None = Field(None, description="an integer >= 1")
+    temp_directory: Path = Field(Path(".headrace/tmp"), description="a folder path")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_form(cls, value: str | None) -> str | None:
+        """DuckDB only reports a bad limit when the engine starts; catch it at load time."""
+        if value is not None and not _MEMORY.match(value):
+            raise _Invalid(
+                f"{value!r} is not a memory size",
+                hint="write a number and a unit, e.g. '4GB', '512MB', '2GiB' or '80%'",
+            )
+        return value.strip() if value is not None else None
+
+
+class _Settings(_Section):
+    """Every setting after the profile merge; validated once values are interpolated."""
+
+    name: str = Field("project", min_length=1, description="a non-empty string")
+    lake: str = Field("lake", min_length=1, description="a folder path")
+    state: str = Field(
+        "sqlite:///.headrace/state.db",
+        description="a sqlite:/// or postgresql:// URL",
+    )
+    engine: Annotated[Engine, BeforeValidator(_choice("engine", ENGINES))] = Field(
+        "duckdb", description=f"one of {', '.join(ENGINES)}"
+    )
+    pipelines: str = Field("pipelines", min_length=1, description="a folder path")
+    models: str = Field("models", min_length=1, description="a folder path")
+    run: RunConfig = Field(default_factory=RunConfig, description="a table")
+    write: WriteConfig = Field(default_factory=WriteConfig, description="a table")
+    duckdb: DuckDBConfig = Field(default_factory=DuckDBConfig, description="a table")
+
+    @field_validator("lake")
+    @classmethod
+    def _local_lake(cls, value: str) -> str:
+        """The lake root becomes a ``Path``; a URL would be mangled into a relative folder."""
+        if _URL_SCHEME.match(value):
+            raise _Invalid(
+                f"{value!r} is a URL; only local folders are supported for now",
+                hint="use a local or mounted path such as '/data/lake'",
+            )
+        return value
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, value: str) -> str:
+        """Accept only stores the state layer can open, so a typo fails before any run."""
+        match = _URL_SCHEME.match(value)
+        example = "sqlite:///.headrace/state.db or postgresql://user:pass@host/db"
+        if not match:
+            raise _Invalid(f"{_mask(value)!r} is not a database URL", hint=f"use {example}")
+        dialect = match[1].split("+")[0].lower()
+        if dialect == "postgres":
+            raise _Invalid("'postgres://' is not supported", hint="write postgresql:// instead")
+        if dialect not in ("sqlite", "postgresql"):
+            raise _Invalid(
+                f"unsupported database {dialect!r}.{did_you_mean(dialect, ['sqlite', 'postgresql'])}",
+                hint=f"use {example}",
+            )
+        rest = value[match.end() :]
+        if dialect == "sqlite" and rest and not rest.startswith("/"):
+            raise _Invalid(
+                f"{value!r} has a host part; sqlite URLs use three slashes",
+                hint="write sqlite:///relative/state.db or sqlite:////absolute/state.db",
+            )
+        return value
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "run": RunConfig,
+    "write": WriteConfig,
+    "duckdb": DuckDBConfig,
+}
+_SCALARS = ("lake", "state", "engine", "pipelines", "models")
+_FILE_ONLY = ("name", "default_profile", "profiles")
+_TOP_KEYS = (*_FILE_ONLY, *_SCALARS, *_SECTIONS)
+_PROFILE_KEYS = (*_SCALARS, *_SECTIONS)
+_SETTING_KEYS = (
+    "name",
+    *_SCALARS,
+    *(f"{section}.{key}" for section, model in _SECTIONS.items() for key in model.model_fields),
+)
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedConfig:
+    """The project's settings with every path absolute and every value typed.
+
+    ``origins`` maps dotted keys (as in ``headrace.toml``) to where the value came from;
+    keys missing from it are defaults. :meth:`explain` renders both for ``headrace config``.
+    """
+
+    root: Path
+    name: str
+    profile: str | None
+    lake_root: Path
+    state_url: str
+    engine: Engine
+    pipelines_dir: Path
+    models_dir: Path
+    run: RunConfig = field(default_factory=RunConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)
+    origins: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
+
+    @property
+    def config_path(self) -> Path:
+        """The ``headrace.toml`` this config was read from."""
+        return self.root / CONFIG_FILE
+
+    def explain(self) -> list[tuple[str, Any, str]]:
+        """Every setting as ``(dotted key, value, origin)``; the state URL's password is masked."""
+        values: list[tuple[str, Any]] = [
+            ("name", self.name),
+            ("profile", self.profile),
+            ("lake", self.lake_root),
+            ("state", _mask(self.state_url)),
+            ("engine", self.engine),
+            ("pipelines", self.pipelines_dir),
+            ("models", self.models_dir),
+        ]
+        for section in _SECTIONS:
+            model = getattr(self, section)
+            values += [(f"{section}.{key}", getattr(model, key)) for key in type(model).model_fields]
+        return [(key, value, self.origins.get(key, "default")) for key, value in values]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def find_project_root(start: Path) -> Path:
+    """The nearest folder at or above ``start`` holding ``headrace.toml``, like git finds .git."""
+    start = Path(start).expanduser().resolve()
+    folder = start if start.is_dir() else start.parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ProjectError(
+        f"no {CONFIG_FILE} found in {start} or its parents",
+        hint="run `headrace init DIR` or pass --project DIR",
+    )
+
+
+def load_config(
+    root: Path,
+    *,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ResolvedConfig:
+    """Read, validate, merge and resolve the project's ``headrace.toml``.
+
+    ``overrides`` are explicit values keyed by dotted path (``{"run.workers": 2}``); a value
+    of ``None`` means "not given", so a CLI can pass every option unconditionally.
+    """
+    root = Path(root).expanduser().resolve()
+    if root.name == CONFIG_FILE and root.is_file():
+        root = root.parent
+    doc = _Doc.read(root / CONFIG_FILE)
+    data = doc.parse()
+    base, profiles = _split_file(data, doc, default_name=root.name)
+    chosen, profile_origin = _select_profile(profile, data, profiles, doc)
+    effective = {**base, **profiles.get(chosen or "", {})}
+    effective = {key: _interpolate_entry(entry, doc) for key, entry in effective.items()}
+    effective.update(_flatten_overrides(overrides or {}))
+    settings = _validate(effective, doc)
+    _check_other_profiles(base, profiles, chosen, doc)
+    origins = {key: entry.origin for key, entry in effective.items()}
+    origins["profile"] = profile_origin
+    return _resolve(root, settings, chosen, origins)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class _Doc:
+    """The file being loaded: builds errors that carry its path and, when found, the line."""
+
+    path: Path
+    text: str
+
+    @classmethod
+    def read(cls, path: Path) -> _Doc:
+        """Read the file, turning OS and encoding failures into ProjectErrors."""
+        try:
+            return cls(path, path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ProjectError(
+                f"no {CONFIG_FILE} in {path.parent}",
+                hint="run `headrace init DIR` or pass --project DIR",
+                path=str(path),
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ProjectError(
+                f"{CONFIG_FILE} is not valid UTF-8 (byte {exc.start})",
+                hint="save the file as UTF-8",
+                path=str(path),
+            ) from None
+        except OSError as exc:
+            raise ProjectError(
+                f"cannot read {path}: {exc.strerror or exc}",
+                hint="check that the file exists and is readable",
+                path=str(path),
+            ) from None
+
+    def parse(self) -> dict[str, Any]:
+        """Parse TOML, reporting the line tomllib points at."""
+        try:
+            return tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            reason = str(exc)
+            found = re.search(r"\(at line (\d+), column \d+\)|\(at end of document\)", reason)
+            line = int(found[1]) if found and found[1] else None
+            if found and found[1] is None:
+                line = max(1, len(self.text.splitlines()))
+            reason = reason[: found.start()].strip() if found else reason
+            where = f" at line {line}" if line else ""
+            raise ProjectError(
+                f"{CONFIG_FILE}: invalid TOML{where}: {reason}",
+                hint="check quoting, brackets and `key = value` syntax on that line",
+                path=str(self.path),
+                line=line,
+            ) from None
+
+    def error(self, message: str, *, hint: str, key: str | None = None) -> ProjectError:
+        """A ProjectError about this file, located at ``key``'s line when it can be found."""
+        return ProjectError(
+            f"{CONFIG_FILE}: {message}",
+            hint=hint,
+            path=str(self.path),
+            line=_find_line(self.text, key) if key else None,
+        )
+
+
+_KEY_PART = r"""(?:[A-Za-z0-9_\-]+|"[^"\n]*"|'[^'\n]*')"""
+_DOTTED = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_HEADER_LINE = re.compile(rf"^\s*\[\[?\s*({_DOTTED})\s*\]\]?")
+_ASSIGN_LINE = re.compile(rf"^\s*({_DOTTED})\s*=(.*)$")
+_INLINE_KEY = re.compile(rf"[{{,]\s*({_DOTTED})\s*=")
+
+
+def _split_key(dotted: str) -> list[str]:
+    """``a."b.c".d`` -> ``["a", "b.c", "d"]``."""
+    return [part.strip("\"'") for part in re.findall(_KEY_PART, dotted)]
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path to the first line that defines it (best effort: a line scanner, not a parser)."""
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if header := _HEADER_LINE.match(line):
+            table = tuple(_split_key(header[1]))
+            lines.setdefault(table, number)
+        elif assign := _ASSIGN_LINE.match(line):
+            key = (*table, *_split_key(assign[1]))
+            lines.setdefault(key, number)
+            if assign[2].lstrip().startswith("{"):
+                for inner in _INLINE_KEY.finditer(assign[2]):
+                    lines.setdefault((*key, *_split_key(inner[1])), number)
+    return lines
+
+
+def _find_line(text: str, dotted: str) -> int | None:
+    """The line defining ``dotted``, else the line of its nearest defined parent."""
+    lines = _key_lines(text)
+    parts = tuple(dotted.split("."))
+    for end in range(len(parts), 0, -1):
+        if parts[:end] in lines:
+            return lines[parts[:end]]
+    return None
+
+
+# --------------------------------------------------------------------------- structure
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One setting's raw value and where it came from (layer, key as written, env vars read)."""
+
+    value: Any
+    layer: str
+    source: str
+    env: tuple[str, ...] = ()
+
+    @property
+    def origin(self) -> str:
+        """``"profile prod via $HEADRACE_STATE_URL"`` style, for explain()."""
+        if not self.env:
+            return self.layer
+        return f"{self.layer} via " + ", ".join(f"${name}" for name in self.env)
+
+
+def _unknown_key(key: str, prefix: str, valid: tuple[str, ...], doc: _Doc) -> ProjectError:
+    """Unknown-key error with a suggestion, the valid keys, and a pointer for misplaced keys."""
+    where = f"in [{prefix}]" if prefix else "at the top level"
+    hint = f"valid keys in [{prefix}]: " if prefix else "valid top-level keys: "
+    hint += ", ".join(sorted(valid))
+    home = next((name for name, model in _SECTIONS.items() if key in model.model_fields), None)
+    if key in _FILE_ONLY and prefix.startswith("profiles."):
+        hint = f"{key!r} can only be set at the top level of {CONFIG_FILE}, not in a profile"
+    elif home and home != prefix.rsplit(".", 1)[-1]:
+        owner = prefix.rpartition(".")[0] if prefix.rpartition(".")[2] in _SECTIONS else prefix
+        hint = f"{key!r} belongs in [{owner + '.' if owner else ''}{home}]; {hint}"
+    return doc.error(
+        f"unknown key {key!r} {where}.{did_you_mean(key, valid)}",
+        hint=hint,
+        key=f"{prefix}.{key}" if prefix else key,
+    )
+
+
+def _flatten(
+    table: Mapping[str, Any], *, prefix: str, layer: str, allowed: tuple[str, ...], doc: _Doc
+) -> dict[str, _Entry]:
+    """Check one table's keys and flatten it to dotted keys, which makes deep-merge a dict update."""
+    flat: dict[str, _Entry] = {}
+    at = f"{prefix}." if prefix else ""
+    for key, value in table.items():
+        if key not in allowed:
+            raise _unknown_key(key, prefix, allowed, doc)
+        if key in _SECTIONS:
+            flat.update(_flatten_section(key, value, prefix=f"{at}{key}", layer=layer, doc=doc))
+        elif isinstance(value, dict):
+            raise doc.error(
+                f"{at}{key} must be a value, not a table",
+                hint=f"write `{key} = ...` instead of a [{at}{key}] table",
+                key=f"{at}{key}",
+            )
+        else:
+            flat[key] = _Entry(value, layer, f"{at}{key}")
+    return flat
+
+
+def _flatten_section(
+    section: str, value: Any, *, prefix: str, layer: str, doc: _Doc
+) -> dict[str, _Entry]:
+    """Flatten ``[run]``-style tables, whose keys are the section model's fields."""
+    if not isinstance(value, dict):
+        raise doc.error(
+            f"{prefix} must be a table, got {_show(value)}",
+            hint=f"write the settings under a [{prefix}] header",
+            key=prefix,
+        )
+    valid = tuple(_SECTIONS[section].model_fields)
+    flat: dict[str, _Entry] = {}
+    for key, item in value.items():
+        if key not in valid:
+            raise _unknown_key(key, prefix, valid, doc)
+        if isinstance(item, dict):
+            raise doc.error(
+                f"{prefix}.{key} must be a value, not a table",
+                hint=f"write `{key} = ...` under [{prefix}]",
+                key=f"{prefix}.{key}",
+            )
+        flat[f"{section}.{key}"] = _Entry(item, layer, f"{prefix}.{key}")
+    return flat
+
+
+def _split_file(
+    data: Mapping[str, Any], doc: _Doc, *, default_name: str
+) -> tuple[dict[str, _Entry], dict[str, dict[str, _Entry]]]:
+    """Validate the whole file's structure; return the flat base and each flat profile."""
+    top = {key: value for key, value in data.items() if key not in ("default_profile", "profiles")}
+    base = _flatten(top, prefix="", layer=CONFIG_FILE, allowed=(*_TOP_KEYS,), doc=doc)
+    base.setdefault("name", _Entry(default_name, "default", "name"))
+    raw_profiles = data.get("profiles", {})
+    if not isinstance(raw_profiles, dict):
+        raise doc.error(
+            "profiles must be a table of profile tables",
+            hint="write each profile as a [profiles.NAME] table",
+            key="profiles",
+        )
+    profiles: dict[str, dict[str, _Entry]] = {}
+    for name, table in raw_profiles.items():
+        if not isinstance(table, dict):
+            raise doc.error(
+                f"profiles.{name} must be a table, got {_show(table)}",
+                hint=f"write the profile's settings under a [profiles.{name}] header",
+                key=f"profiles.{name}",
+            )
+        profiles[name] = _flatten(
+            table, prefix=f"profiles.{name}", layer=f"profile {name}", allowed=_PROFILE_KEYS, doc=doc
+        )
+    _check_default_profile(data, profiles, doc)
+    return base, profiles
+
+
+def _check_default_profile(
+    data: Mapping[str, Any], profiles: Mapping[str, Any], doc: _Doc
+) -> None:
+    """Catch a wrong default_profile even when --profile hides it today."""
+    default = data.get("default_profile")
+    if default is None:
+        return
+    if not isinstance(default, str):
+        raise doc.error(
+            f"default_profile must be a profile name, got {_show(default)}",
+            hint=_profiles_hint(profiles),
+            key="default_profile",
+        )
+    if "${" not in default and default not in profiles:
+        raise doc.error(
+            f"default_profile names unknown profile {default!r}.{did_you_mean(default, profiles)}",
+            hint=_profiles_hint(profiles),
+            key="default_profile",
+        )
+
+
+def _profiles_hint(profiles: Mapping[str, Any]) -> str:
+    """List the defined profiles, or say how to define one."""
+    if not profiles:
+        return f"{CONFIG_FILE} defines no profiles; add a [profiles.NAME] table"
+    return f"defined profiles: {', '.join(sorted(profiles))}"
+
+
+def _select_profile(
+    explicit: str | None,
+    data: Mapping[str, Any],
+    profiles: Mapping[str, Any],
+    doc: _Doc,
+) -> tuple[str | None, str]:
+    """Pick the profile (argument > $HEADRACE_PROFILE > default_profile) and say where it came from."""
+    line: int | None = None
+    if explicit:
+        name, origin, via = explicit, "override", ""
+    elif env := os.environ.get(PROFILE_ENV):
+        name, origin, via = env, f"env ${PROFILE_ENV}", f" (from ${PROFILE_ENV})"
+    elif (default := data.get("default_profile")) is not None:
+        entry = _interpolate_entry(_Entry(default, CONFIG_FILE, "default_profile"), doc)
+        name, origin, via = entry.value, entry.origin, " (from default_profile)"
+        line = _find_line(doc.text, "default_profile")
+    else:
+        return None, "default"
+    if name not in profiles:
+        raise ProjectError(
+            f"Unknown profile {name!r}{via}.{did_you_mean(name, profiles)}",
+            hint=_profiles_hint(profiles),
+            path=str(doc.path),
+            line=line,
+        )
+    return name, origin
+
+
+def _flatten_overrides(overrides: Mapping[str, Any]) -> dict[str, _Entry]:
+    """Check override keys (dotted setting paths); ``None`` values are "not given"."""
+    flat: dict[str, _Entry] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in _SETTING_KEYS:
+            raise ProjectError(
+                f"unknown setting {key!r} in overrides.{did_you_mean(key, _SETTING_KEYS)}",
+                hint=f"valid settings: {', '.join(_SETTING_KEYS)}",
+            )
+        flat[key] = _Entry(os.fspath(value) if isinstance(value, os.PathLike) else value, "override", key)
+    return flat
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def _interpolate_entry(entry: _Entry, doc: _Doc) -> _Entry:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$${`` in a string value; record vars read."""
+    if not isinstance(entry.value, str) or "${" not in entry.value:
+        return entry
+    used: list[str] = []
+
+    def expand(match: re.Match[str]) -> str:
+        if match[0] == "$${":
+            return "${"
+        name, default = match["name"], match["default"]
+        if name is None:
+            raise doc.error(
+                f"{entry.source}: malformed variable reference in {entry.value!r}",
+                hint="write ${VAR} or ${VAR:-default}; write $${ for a literal ${",
+                key=entry.source,
+            )
+        value = os.environ.get(name)
+        if default is not None and not value:
+            return default
+        if value is None:
+            raise doc.error(
+                f"environment variable {name} is not set (needed by {entry.source})",
+                hint=f"export {name}=... (or give a default: ${{{name}:-value}})",
+                key=entry.source,
+            )
+        used.append(name)
+        return value
+
+    expanded = _REF.sub(expand, entry.value)
+    return _Entry(expanded, entry.layer, entry.source, tuple(dict.fromkeys(used)))
+
+
+def _has_reference(value: Any) -> bool:
+    """True for strings whose final value depends on the environment."""
+    return isinstance(value, str) and "${" in value.replace("$${", "")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _unflatten(flat: Mapping[str, _Entry]) -> dict[str, Any]:
+    """Dotted keys back to the nested shape the pydantic model expects."""
+    nested: dict[str, Any] = {}
+    for key, entry in flat.items():
+        section, _, sub = key.partition(".")
+        if sub:
+            nested.setdefault(section, {})[sub] = entry.value
+        else:
+            nested[key] = entry.value
+    return nested
+
+
+def _validate(flat: Mapping[str, _Entry], doc: _Doc) -> _Settings:
+    """Validate merged settings; the first problem becomes a ProjectError about its source key."""
+    try:
+        return _Settings.model_validate(_unflatten(flat))
+    except ValidationError as exc:
+        raise _convert(exc, flat, doc) from None
+
+
+def _convert(exc: ValidationError, flat: Mapping[str, _Entry], doc: _Doc) -> ProjectError:
+    """Rephrase pydantic's first error using our field descriptions; never echo its text."""
+    error = exc.errors()[0]
+    key = _error_key(error["loc"])
+    entry = flat.get(key)
+    value = entry.value if entry else error.get("input")
+    source = entry.source if entry else key
+    from_env = f" (from {', '.join('$' + name for name in entry.env)})" if entry and entry.env else ""
+    description = _describe(key)
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _Invalid):
+        message, hint = f"{source}{from_env}: {cause}", cause.hint or f"{key} expects {description}"
+    else:
+        message = f"{source} must be {description}, got {_show(value, key)}{from_env}"
+        hint = f"{key} expects {description}"
+    if entry and entry.layer == "override":
+        return ProjectError(f"override {message}", hint=hint)
+    return doc.error(message, hint=hint, key=source)
+
+
+def _error_key(loc: tuple[int | str, ...]) -> str:
+    """The dotted setting key an error location points at (drops pydantic's inner markers)."""
+    parts = [str(part) for part in loc]
+    for end in (2, 1):
+        candidate = ".".join(parts[:end])
+        if candidate in _SETTING_KEYS or candidate in _SECTIONS:
+            return candidate
+    return ".".join(parts) or "settings"
+
+
+def _describe(key: str) -> str:
+    """What a key expects, from the ``description`` on its model field."""
+    section, _, sub = key.partition(".")
+    model: type[_Section] = _SECTIONS[section] if sub and section in _SECTIONS else _Settings
+    info = model.model_fields.get(sub or section)
+    return info.description if info and info.description else "a valid value"
+
+
+def _check_other_profiles(
+    base: Mapping[str, _Entry],
+    profiles: Mapping[str, Mapping[str, _Entry]],
+    chosen: str | None,
+    doc: _Doc,
+) -> None:
+    """Type-check unselected profiles too, so a broken prod fails in dev CI, not in prod.
+
+    Values that still hold ``${...}`` are skipped: they cannot be judged without their env.
+    """
+    for name, table in profiles.items():
+        if name == chosen:
+            continue
+        merged = {key: e for key, e in {**base, **table}.items() if not _has_reference(e.value)}
+        _validate(merged, doc)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _resolve(
+    root: Path, settings: _Settings, profile: str | None, origins: dict[str, str]
+) -> ResolvedConfig:
+    """Make paths absolute against the project folder and freeze the result."""
+    duckdb = settings.duckdb.model_copy(
+        update={"temp_directory": _resolve_path(root, settings.duckdb.temp_directory)}
+    )
+    return ResolvedConfig(
+        root=root,
+        name=settings.name,
+        profile=profile,
+        lake_root=_resolve_path(root, settings.lake),
+        state_url=normalise_state_url(settings.state, root),
+        engine=settings.engine,
+        pipelines_dir=_resolve_path(root, settings.pipelines),
+        models_dir=_resolve_path(root, settings.models),
+        run=settings.run,
+        write=settings.write,
+        duckdb=duckdb,
+        origins=MappingProxyType(origins),
+    )
+
+
+def _resolve_path(root: Path, value: str | Path) -> Path:
+    """Absolute, lexically normalised path; relative ones hang off the project folder."""
+    return Path(os.path.normpath(root / Path(value).expanduser()))
+
+
+def normalise_state_url(url: str, root: Path) -> str:
+    """Rewrite relative sqlite URLs to ``sqlite:////abs/path.db``; other URLs pass untouched.
+
+    The state store is opened from many working directories (CLI, tests, workers), so a
+    relative database path must not depend on the current directory.
+    """
+    match = _SQLITE_URL.match(url)
+    if not match:
+        return url
+    scheme, rest = match[1], match[2]
+    path, sep, query = rest[1:].partition("?")
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return url
+    return f"{scheme}:///{_resolve_path(root, path)}{sep}{query}"
+
+
+def _mask(url: str) -> str:
+    """Hide a password in a URL so it never lands in terminals or logs."""
+    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)
+
+
+def _show(value: Any, key: str = "") -> str:
+    """A short repr for messages (passwords masked)."""
+    text = repr(_mask(value) if key == "state" and isinstance(value, str) else value)
+    return text if len(text) <= 60 else text[:57] + "..."

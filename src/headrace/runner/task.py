@@ -1,0 +1,182 @@
+"""One table, one attempt: read inputs, transform, stage, publish.
+
+The whole attempt holds the table's lock in the state store, so two runs writing one table
+serialise; the second sees the first's commit fingerprint and does nothing. What the run
+consumed (batch id, fingerprint) is written in the same Delta commit as the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headrace.engines.base import Engine
+from headrace.errors import SourceError
+from headrace.lake.catalog import Lake, Snapshot
+from headrace.lake.writer import PublishRequest, PublishResult, WriteSettings, append_app_id, publish
+from headrace.sources.batches import InputBatch, combine
+from headrace.sources.files import list_files
+from headrace.spec.context import RunContext
+from headrace.spec.sources import FileSource
+from headrace.spec.tables import TableRef, TableSpec
+from headrace.spec.write_modes import Append
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    status: str  # success | unchanged
+    rows_in: int | None
+    rows_out: int | None
+    version: int | None
+    operation: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    batches: dict[str, InputBatch]
+    snapshots: dict[str, Snapshot]
+    batch_id: str
+
+
+class TableTask:
+    """Computes and publishes one table; stateless between attempts."""
+
+    def __init__(
+        self,
+        *,
+        spec: TableSpec,
+        root: Path,
+        lake: Lake,
+        engine: Engine,
+        run_id: str,
+        settings: WriteSettings,
+        source_names: dict[int, str],
+        force: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.root = root
+        self.lake = lake
+        self.engine = engine
+        self.run_id = run_id
+        self.settings = settings
+        self.source_names = source_names
+        self.force = force
+
+    def resolve_inputs(self) -> ResolvedInputs:
+        """Pin every input: file sets with content digests, upstream tables at a version."""
+        batches: dict[str, InputBatch] = {}
+        snapshots: dict[str, Snapshot] = {}
+        for key, item in sorted(self.spec.inputs.items()):
+            if isinstance(item, TableRef):
+                if not self.lake.exists(item.name):
+                    raise SourceError(
+                        f"table {self.spec.name!r}: upstream table {item.name!r} has not been built yet",
+                        hint=f"run `headrace run --select +{self.spec.name}` to build it first",
+                        table=self.spec.name,
+                    )
+                snap = self.lake.snapshot(item.name)
+                snapshots[key] = snap
+                batches[key] = InputBatch(
+                    kind="table",
+                    description=f"{item.name}@v{snap.version}",
+                    batch_id=f"{item.name}@{snap.version}",
+                    table_version=snap.version,
+                )
+            elif isinstance(item, FileSource):
+                batches[key] = list_files(item, self.root, source_name=self._source_name(key, item))
+        batch_id = combine([self.spec.name, *(f"{k}={b.batch_id}" for k, b in sorted(batches.items()))])
+        return ResolvedInputs(batches=batches, snapshots=snapshots, batch_id=batch_id)
+
+    def _source_name(self, key: str, item: FileSource) -> str:
+        return item.name or self.source_names.get(id(item)) or f"{self.spec.name}.{key}"
+
+    def fingerprint(self, inputs: ResolvedInputs) -> str:
+        return combine([inputs.batch_id, self.spec.config_fingerprint()])
+
+    def append_ids(self, inputs: ResolvedInputs) -> dict[str, str]:
+        """Delta app-transaction ids for an append: one per file when the table reads a single
+        file source (so new files are appended and old ones never again), else one per batch."""
+        files = [(k, b) for k, b in inputs.batches.items() if b.kind == "files"]
+        if len(inputs.batches) == 1 and len(files) == 1:
+            return {
+                str(e.path): append_app_id(self.spec.name, f"file:{self._rel(e.path)}:{e.digest}")
+                for e in files[0][1].files
+            }
+        return {"*": append_app_id(self.spec.name, inputs.batch_id)}
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def pending_appends(self, inputs: ResolvedInputs) -> tuple[ResolvedInputs, list[str]]:
+        """Drop already-appended files from the batch; return the batch and its app ids."""
+        ids = self.append_ids(inputs)
+        if not self.lake.exists(self.spec.name):
+            return inputs, list(ids.values())
+        table = self.lake.open(self.spec.name)
+        todo = {k: v for k, v in ids.items() if table.transaction_version(v) is None}
+        if "*" in ids or len(todo) == len(ids):
+            return inputs, list(todo.values())
+        key, batch = next(iter(inputs.batches.items()))
+        kept = tuple(e for e in batch.files if str(e.path) in todo)
+        new_batch = InputBatch(
+            kind="files",
+            description=f"{len(kept)} new of {len(batch.files)} file(s)",
+            batch_id=combine(f"{self._rel(e.path)}:{e.digest}" for e in kept),
+            files=kept,
+        )
+        batch_id = combine([self.spec.name, f"{key}={new_batch.batch_id}"])
+        return ResolvedInputs({key: new_batch}, inputs.snapshots, batch_id), list(todo.values())
+
+    def up_to_date(self, inputs: ResolvedInputs, fingerprint: str) -> str | None:
+        """Why there is nothing to do, or None. The Delta log is the source of truth."""
+        if self.force or not self.lake.exists(self.spec.name):
+            return None
+        if self.lake.last_commit_metadata(self.spec.name).get("fingerprint") == fingerprint:
+            return "inputs and definition unchanged since the last commit"
+        return None
+
+    def run(self, attempt: int) -> TaskResult:
+        inputs = self.resolve_inputs()
+        app_ids: list[str] = []
+        if isinstance(self.spec.write, Append):
+            inputs, app_ids = self.pending_appends(inputs)
+            if not app_ids:
+                return TaskResult("unchanged", None, None, None, "append", "every input batch is already appended")
+        fingerprint = self.fingerprint(inputs)
+        reason = None if app_ids else self.up_to_date(inputs, fingerprint)
+        if reason:
+            return TaskResult("unchanged", None, None, None, None, reason)
+        session = self.engine.session()
+        try:
+            rows_in = 0
+            for key, batch in inputs.batches.items():
+                item = self.spec.inputs[key]
+                if isinstance(item, FileSource):
+                    rows_in += session.read_source(key, item, batch, source_name=self._source_name(key, item))
+                else:
+                    snap = inputs.snapshots[key]
+                    session.read_table(key, snap.dataset())
+                    rows_in += snap.row_count()
+            ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root)
+            relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
+            staged = session.stage(self.spec, relation)
+            result: PublishResult = publish(
+                self.lake,
+                PublishRequest(
+                    spec=self.spec,
+                    staged=staged,
+                    session=session,
+                    run_id=self.run_id,
+                    fingerprint=fingerprint,
+                    batch_id=inputs.batch_id,
+                    settings=self.settings,
+                    app_ids=tuple(app_ids),
+                ),
+            )
+        finally:
+            session.close()
+        if result.skipped:
+            return TaskResult("unchanged", rows_in, staged.rows, None, result.operation, result.skipped)
+        return TaskResult("success", rows_in, staged.rows, result.version, result.operation, None)
