@@ -234,10 +234,11 @@ def _print_error(exc: HeadraceError) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(stderr=True, highlight=False)
-    console.print(Text.assemble(("error: ", "bold red"), exc.message))
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    cwd = f"{Path.cwd()}/"
+    console.print(Text.assemble(("error: ", "bold red"), exc.message.replace(cwd, "")))
     if exc.hint:
-        console.print(Text.assemble(("  hint: ", "yellow"), exc.hint))
+        console.print(Text.assemble(("  hint: ", "yellow"), exc.hint.replace(cwd, "")))
 
 
 def entry() -> None:

@@ -49,7 +49,14 @@ def _next_id() -> int:
 
 
 def _first_lines(exc: BaseException, n: int = 2) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    """DuckDB's message without the echoed SQL ("LINE 1: ...") that follows it."""
+    lines = []
+    for raw in str(exc).strip().splitlines():
+        line = raw.strip()
+        if line.startswith("LINE "):
+            break
+        if line:
+            lines.append(line)
     return " ".join(lines[:n])
 
 
@@ -140,7 +147,7 @@ class DuckDBSession:
             f"rejects_scan='{scans}'",
         ]
         try:
-            self.con.execute(f"SELECT count(*) FROM ({reader_sql(spec, files, extra=extra)})")
+            self.con.execute(f"SELECT count(*) FROM ({reader_sql(spec, files, extra=extra)})").fetchall()
             rows = self.con.execute(
                 f"SELECT s.file_path, e.line, e.error_message, e.csv_line FROM {rejects} e "
                 f"JOIN {scans} s USING (scan_id, file_id) ORDER BY s.file_path, e.line LIMIT 1"

@@ -198,8 +198,7 @@ class WriteConfig(_Section):
     )
     compression_level: Count | None = Field(None, description="an integer")
     target_file_size: Annotated[int, BeforeValidator(parse_size)] = Field(
-        128 * 1024**2,
-        description="a size > 0: bytes as an integer or a string like '128MB' (KB/MB/GB)",
+        128 * 1024**2, description="a size > 0 in bytes, or a string like '128MB' (KB/MB/GB)"
     )
 
     @field_validator("compression_level")
@@ -759,13 +758,13 @@ def _convert(exc: ValidationError, flat: Mapping[str, _Entry], doc: _Doc) -> Pro
     value = entry.value if entry else error.get("input")
     source = entry.source if entry else key
     from_env = f" (from {', '.join('$' + name for name in entry.env)})" if entry and entry.env else ""
-    description = _describe(key)
+    description, _ = _describe(key)
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, _Invalid):
-        message, hint = f"{source}{from_env}: {cause}", cause.hint or f"{key} expects {description}"
+        message, hint = f"{source}{from_env}: {cause}", cause.hint or _expects(key)
     else:
         message = f"{source} must be {description}, got {_show(value, key)}{from_env}"
-        hint = f"{key} expects {description}"
+        hint = _expects(key)
     if entry and entry.layer == "override":
         return ProjectError(f"override {message}", hint=hint)
     return doc.error(message, hint=hint, key=source)
@@ -781,12 +780,27 @@ def _error_key(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "settings"
 
 
-def _describe(key: str) -> str:
-    """What a key expects, from the ``description`` on its model field."""
+def _expects(key: str) -> str:
+    """Hint text: what the key takes and what leaving it out would give."""
+    description, default = _describe(key)
+    if key == "name":
+        return f"{key} expects {description}; leave it out to use the folder name"
+    if default is None:
+        return f"{key} expects {description}; leave it out to keep it unset"
+    return f"{key} expects {description}; the default is {default!r}"
+
+
+def _describe(key: str) -> tuple[str, Any]:
+    """What a key expects (the ``description`` on its model field) and its default."""
     section, _, sub = key.partition(".")
     model: type[_Section] = _SECTIONS[section] if sub and section in _SECTIONS else _Settings
     info = model.model_fields.get(sub or section)
-    return info.description if info and info.description else "a valid value"
+    if info is None:
+        return "a valid value", None
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, Path):
+        default = str(default)
+    return info.description or "a valid value", default
 
 
 def _check_other_profiles(

@@ -222,7 +222,7 @@ def _parse(body: str, path: Path) -> exp.Expression:
         description = _clean_description(first.get("description") or str(exc).split("\n")[0])
         near = (first.get("start_context", "") + first.get("highlight", "")).strip()
         where = f"{path}:{line}:{col}" if line else str(path)
-        tail = f"\n  near: {near.splitlines()[-1]}" if near else ""
+        tail = f" (near: {near.splitlines()[-1][-60:]!r})" if near else ""
         raise DefinitionError(
             f"{where}: cannot parse SQL: {description}{tail}",
             hint="models are DuckDB SQL; check the syntax at this position",
