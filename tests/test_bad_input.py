@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import BASE_TOML, cli, run_project, table_version, write_files
 from deltalake import DeltaTable
+
+from conftest import BASE_TOML, cli, run_project, table_version, write_files
 
 OK_PIPE = '''
 import headrace as hr

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import read_table, run_project, table_version, write_files
 from deltalake import DeltaTable
+
+from conftest import read_table, run_project, table_version, write_files
 
 PIPE_APPEND = '''
 import headrace as hr

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from headrace.runner.events import RunResult, TaskOutcome
 
+
 def _console(*, stderr: bool) -> Console:
     """Pipes and CI logs get a wide fixed width rather than rich's 80-column fallback."""
     probe = Console(stderr=stderr)

@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,7 +50,7 @@ class RunOptions:
     command: str = "run"
     selection: tuple[str, ...] = ()
     workers: int = 4
-    policy: RetryPolicy = RetryPolicy()
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
     lock_timeout: float = 600.0
     parent_run_id: str | None = None
     force: bool = False

@@ -14,7 +14,13 @@ from typing import Any
 from headrace.engines.base import Engine
 from headrace.errors import SourceError
 from headrace.lake.catalog import Lake, Snapshot
-from headrace.lake.writer import PublishRequest, PublishResult, WriteSettings, append_app_id, publish
+from headrace.lake.writer import (
+    PublishRequest,
+    PublishResult,
+    WriteSettings,
+    append_app_id,
+    publish,
+)
 from headrace.sources.batches import InputBatch, combine
 from headrace.sources.files import list_files
 from headrace.spec.context import RunContext

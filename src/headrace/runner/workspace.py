@@ -19,7 +19,7 @@ from headrace.lake.writer import WriteSettings
 from headrace.project.config import ResolvedConfig, find_project_root, load_config
 from headrace.project.loader import Project, load_project
 from headrace.runner.events import Listener, RunResult
-from headrace.runner.executor import RunOptions, Runner
+from headrace.runner.executor import Runner, RunOptions
 from headrace.runner.retry import RetryPolicy
 from headrace.runner.state import StateStore
 

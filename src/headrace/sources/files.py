@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +22,9 @@ def list_files(spec: FileSource, root: Path, *, source_name: str) -> InputBatch:
     An empty match or an unreadable file is an error here, before any engine work, so the
     message can name the pattern and the file.
     """
-    pattern = spec.path if os.path.isabs(spec.path) else str(root / spec.path)
-    matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    pattern = spec.path if Path(spec.path).is_absolute() else str(root / spec.path)
+    # glob.glob, not Path.glob: the pattern may be absolute and may contain '**'
+    matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())  # noqa: PTH207
     if not matches:
         raise SourceError(
             f"source {source_name!r}: no files match {spec.path!r}",
