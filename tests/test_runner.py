@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import open_ws, read_table, run_project, table_version, write_files
 
 FLAKY = '''
@@ -172,3 +174,117 @@ def bad(raw):
     assert [r["y"] for r in read_table(root, "t.polars", order_by="y")] == [2, 3]
     assert [r["y"] for r in read_table(root, "t.pandas", order_by="y")] == [2, 4]
     assert by["t.bad_return"].status == "failed" and "returned int" in by["t.bad_return"].error
+
+
+def test_independent_tables_run_in_parallel(make_project):
+    pipe = '''
+import time
+import headrace as hr
+src = hr.files("data/a.csv", format="csv")
+
+@hr.table("p.one", source=src)
+def one(raw):
+    time.sleep(0.6)
+    return raw
+
+@hr.table("p.two", source=src)
+def two(raw):
+    time.sleep(0.6)
+    return raw
+'''
+    root = make_project({"pipelines/p.py": pipe, "data/a.csv": "x\n1\n"})
+    parallel = run_project(root, workers=2)
+    a, b = parallel.tasks
+    assert a.started_at < b.ended_at and b.started_at < a.ended_at  # intervals overlap
+    serial = run_project(root, workers=1, force=True)
+    a, b = sorted(serial.tasks, key=lambda t: t.started_at)
+    assert a.ended_at <= b.started_at  # one worker: strictly one after the other
+
+
+def test_retry_policy_backoff_grows_with_jitter_and_cap():
+    import random
+
+    from headrace.errors import SourceError, TransientError
+    from headrace.runner.retry import RetryPolicy
+
+    policy = RetryPolicy(retries=3, backoff_seconds=1.0, max_backoff_seconds=3.0)
+    rng = random.Random(1)
+    delays = [[policy.delay(n, rng) for _ in range(200)] for n in (1, 2, 3, 4)]
+    for n, ds in zip((1, 2, 3, 4), delays, strict=True):
+        cap = min(3.0, 2 ** (n - 1))
+        assert all(cap / 2 <= d <= cap for d in ds)
+        assert len({round(d, 6) for d in ds}) > 150  # jittered, not lockstep
+    assert policy.should_retry(TransientError("x"), 1) and policy.should_retry(ConnectionError(), 3)
+    assert not policy.should_retry(TransientError("x"), 4)  # attempts exhausted
+    assert not policy.should_retry(SourceError("x"), 1) and not policy.should_retry(ValueError(), 1)
+
+
+def test_transient_error_exhausts_attempts(make_project):
+    pipe = '''
+import headrace as hr
+src = hr.files("data/a.csv", format="csv")
+
+@hr.table("bronze.down", source=src, retries=1)
+def down(raw):
+    raise TimeoutError("upstream API timed out")
+'''
+    root = make_project({"pipelines/p.py": pipe, "data/a.csv": "x\n1\n"})
+    result = run_project(root)
+    assert result.tasks[0].status == "failed" and result.tasks[0].attempts == 2
+    assert "timed out" in result.tasks[0].error
+
+
+def test_cli_retry_command(make_project):
+    import json
+
+    from conftest import cli
+
+    root = make_project({"pipelines/p.py": BROKEN, "data/a.csv": "x\n1\n2\n", "data/b.csv": "x,y\n1,10\n2,20\n"})
+    first = cli(root, "run", "--json")
+    assert first.returncode == 1
+    run_id = json.loads(first.stdout)["run_id"]
+    write_files(root, {"fixed.flag": "1"})
+    second = cli(root, "retry", run_id)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "bronze.bad" in second.stdout and "bronze.good" not in second.stdout
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_partial_table_and_frees_its_lock(make_project):
+    """kill -9 in the middle of a table: readers keep the last version; the next run proceeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pipe = '''
+import time
+import headrace as hr
+from pathlib import Path
+src = hr.files("data/a.csv", format="csv")
+
+@hr.table("bronze.slow", source=src)
+def slow(raw, ctx):
+    if (ctx.project_root / "slow.flag").exists():
+        (ctx.project_root / "started.flag").write_text("1")
+        time.sleep(60)
+    return raw
+'''
+    root = make_project({"pipelines/p.py": pipe, "data/a.csv": "x\n1\n"})
+    assert run_project(root).status == "success"
+    write_files(root, {"slow.flag": "1", "data/a.csv": "x\n1\n2\n3\n"})
+    proc = subprocess.Popen([sys.executable, "-m", "headrace", "--project", str(root), "run"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (root / "started.flag").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (root / "started.flag").exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert table_version(root, "bronze.slow") == 0
+    assert [r["x"] for r in read_table(root, "bronze.slow")] == [1]
+    (root / "slow.flag").unlink()
+    result = run_project(root)  # the dead run's lock (same host, dead pid) is taken over
+    assert result.status == "success" and table_version(root, "bronze.slow") == 1
+    assert sorted(r["x"] for r in read_table(root, "bronze.slow")) == [1, 2, 3]

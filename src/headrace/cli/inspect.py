@@ -19,12 +19,29 @@ def show_runs(ws: Workspace, limit: int, *, as_json: bool) -> None:
         return
     rows = []
     for r in records:
+        status = "abandoned" if r.status == "running" and _is_dead(r.host, r.pid) else r.status
         seconds = (r.ended_at - r.started_at).total_seconds() if r.ended_at else None
-        rows.append([r.run_id, r.command, styled(r.status), r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+        rows.append([r.run_id, r.command, styled(status), r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                      "" if seconds is None else f"{seconds:.2f}s", str(r.tables_total),
                      " ".join(r.selection), r.parent_run_id or ""])
     out.print(simple_table(None, ["run", "command", "status", "started (UTC)", "time", "tables",
                                   "selection", "retry of"], rows))
+
+
+def _is_dead(host: str, pid: int) -> bool:
+    """A run still marked running whose process on this host is gone was killed."""
+    import os
+    import socket
+
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def show_run(ws: Workspace, run_id: str, *, as_json: bool) -> None:
