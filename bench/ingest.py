@@ -342,7 +342,7 @@ def render(report: dict[str, Any]) -> None:
         hr = r["headrace"]
         console.print(
             f"  {r['format']}: headrace runs {hr['runs']} s, of which the table task "
-            f"{hr['task_seconds']:.2f} s (rest: start-up, imports, project load, state store); "
+            f"{hr['task_seconds']:.2f} s (rest: interpreter start-up, imports, project load, state store, exit); "
             f"baseline runs {r['baseline']['runs']} s"
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -19,18 +20,52 @@ from headrace.spec.tables import TableSpec
 
 
 @dataclass(frozen=True)
-class StagedResult:
-    """A transform's result held by the engine: its row count, schema and partition values."""
+class StageTarget:
+    """Where and how to write a result's Parquet files: inside the table's folder, where they
+    stay invisible to readers until a Delta commit adds them."""
 
-    name: str
+    directory: Path
+    partition_by: tuple[str, ...]
+    compression: str = "zstd"
+    compression_level: int | None = None
+    target_file_size: int = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """One Parquet file written for a commit; ``rel_path`` is relative to the table folder."""
+
+    path: Path
+    rel_path: str
+    size: int
+    rows: int
+    partition_values: dict[str, str | None]
+    stats: str
+    modification_time: int
+
+
+@dataclass(frozen=True)
+class StagedResult:
+    """A transform's result written as uncommitted Parquet files, with what a commit needs."""
+
+    files: tuple[StagedFile, ...]
     rows: int
     schema: pa.Schema
-    partitions: tuple[tuple[Any, ...], ...]
+    partition_by: tuple[str, ...]
+
+    @property
+    def partitions(self) -> set[tuple[str | None, ...]]:
+        return {tuple(f.partition_values.get(c) for c in self.partition_by) for f in self.files}
+
+    def discard(self) -> None:
+        """Delete the files: the run did not publish them."""
+        for f in self.files:
+            f.path.unlink(missing_ok=True)
 
 
 class EngineSession(Protocol):
-    def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int:
-        """Load a source's batch under ``key``; return its row count."""
+    def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
+        """Bind a source's batch under ``key``; return its row count when known without a scan."""
 
     def read_table(self, key: str, dataset: Any) -> None:
         """Expose an upstream table snapshot (an Arrow dataset) under ``key``."""
@@ -38,14 +73,14 @@ class EngineSession(Protocol):
     def transform(self, spec: TableSpec, keys: Sequence[str], context: Any) -> Any:
         """Run the table's transform over the bound inputs; return an engine relation."""
 
-    def stage(self, spec: TableSpec, result: Any) -> StagedResult:
-        """Materialise the result once so it can be audited and written without recompute."""
+    def stage(self, spec: TableSpec, result: Any, target: StageTarget) -> StagedResult:
+        """Compute the result once, streaming it into Parquet files under ``target``."""
 
-    def batches(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
-        """Stream the staged rows (optionally filtered by a SQL predicate over alias ``s``)."""
+    def staged_rows(self, staged: StagedResult, sql: str) -> list[tuple[Any, ...]]:
+        """Run SQL in which ``{staged}`` stands for the staged rows (audits before publish)."""
 
-    def scalar_rows(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run a small SQL query over staged names and return its rows."""
+    def staged_reader(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
+        """Stream the staged rows, partition columns included (``where`` over alias ``s``)."""
 
     def close(self) -> None: ...
 

@@ -1,14 +1,17 @@
 """The embedded default engine: one in-process DuckDB database per run, one cursor per task.
 
-Inputs are bound as connection-local temp tables/views named after the transform's input keys,
-so concurrent tasks never see each other's names. Results are staged once into a table so the
-row count, partition values and (later) checks read the same rows that get published.
+Inputs are bound as connection-local temp views named after the transform's input keys, so
+concurrent tasks never see each other's names. A result is computed once, streamed by DuckDB's
+parallel Parquet writer straight into the table's folder; the lake then commits those files
+(or discards them), so memory stays bounded and no row is computed twice.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from headrace.engines.base import StagedResult
+from headrace.engines.base import StagedFile, StagedResult, StageTarget
 from headrace.errors import DefinitionError, EngineError, SourceError, TransformError
 from headrace.sources.batches import InputBatch
-from headrace.sources.files import quote_ident, reader_sql
+from headrace.sources.files import quote_ident, reader_sql, sql_string
 from headrace.spec.sources import FileSource, SourceSpec
 from headrace.spec.tables import PythonTransform, SqlTransform, TableSpec
 
@@ -102,18 +105,25 @@ class DuckDBSession:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
         self._uid = _next_id()
-        self._tables: list[str] = []
+        self._sources: dict[str, tuple[SourceSpec, list[Path], str]] = {}
 
     # ---- inputs -------------------------------------------------------------------------
-    def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int:
+    def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
+        """Bind the source as a lazy view: files are parsed once, while the result streams to
+        Parquet, so memory does not grow with the input. Row count only where it is free."""
         files = [e.path for e in batch.files]
-        sql = reader_sql(spec, files)
+        self._sources[key] = (spec, files, source_name)
         try:
-            self.con.execute(f"CREATE TEMP TABLE {quote_ident(key)} AS {sql}")
+            self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {reader_sql(spec, files)}")
         except duckdb.Error as exc:
             raise self._source_error(exc, spec, files, source_name) from exc
-        row = self.con.execute(f"SELECT count(*) FROM {quote_ident(key)}").fetchall()
-        return int(row[0][0])
+        if isinstance(spec, FileSource) and spec.format == "parquet":
+            paths = "[" + ", ".join(sql_string(str(p)) for p in files) + "]"
+            row = self.con.execute(
+                f"SELECT sum(num_rows) FROM parquet_file_metadata({paths})"
+            ).fetchall()
+            return int(row[0][0] or 0)
+        return None
 
     def read_table(self, key: str, dataset: Any) -> None:
         hidden = f"__hr_ds_{self._uid}_{key}"
@@ -173,7 +183,7 @@ class DuckDBSession:
                 result = transform.fn(**args)
                 return self._as_relation(result, where)
         except duckdb.Error as exc:
-            raise TransformError(f"{where}: {_first_lines(exc)}", table=spec.name) from exc
+            raise self._classify(exc, spec, where) from exc
         if transform is None and len(keys) == 1:
             return self.con.table(keys[0])
         raise DefinitionError(f"{where}: has no transform and {len(keys)} inputs")
@@ -199,39 +209,45 @@ class DuckDBSession:
         )
 
     # ---- staging ------------------------------------------------------------------------
-    def stage(self, spec: TableSpec, result: duckdb.DuckDBPyRelation) -> StagedResult:
-        name = f"__hr_result_{self._uid}"
+    def stage(self, spec: TableSpec, result: duckdb.DuckDBPyRelation, target: StageTarget) -> StagedResult:
+        """Stream the result into Parquet files in the table's folder with DuckDB's parallel
+        writer; the files stay invisible until the lake commits them (write-audit-publish)."""
         where = f"table {spec.name!r} ({spec.origin})"
         try:
             columns = list(result.columns)
             types = [str(t) for t in result.types]
         except duckdb.Error as exc:
-            raise TransformError(f"{where}: {_first_lines(exc)}", table=spec.name) from exc
+            raise self._classify(exc, spec, where) from exc
         self._check_columns(spec, columns, where)
         select = ", ".join(_delta_column(c, t) for c, t in zip(columns, types, strict=True))
         hidden = f"__hr_rel_{self._uid}"
+        target.directory.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         try:
             result.create_view(hidden, replace=True)
-            self.con.execute(
-                f"CREATE TEMP TABLE {name} AS SELECT {select} FROM {quote_ident(hidden)}"
-            )
+            query = f"SELECT {select} FROM {quote_ident(hidden)}"
+            schema = self.con.sql(f"{query} LIMIT 0").to_arrow_table().schema
+            rows = self.con.execute(
+                f"COPY ({query}) TO {sql_string(str(target.directory))} ({_copy_options(target)})"
+            ).fetchall()
         except duckdb.Error as exc:
+            _remove_partial_files(target.directory, started)
             raise self._classify(exc, spec, where) from exc
+        except BaseException:
+            _remove_partial_files(target.directory, started)
+            raise
         finally:
             try:
                 self.con.execute(f"DROP VIEW IF EXISTS {quote_ident(hidden)}")
             except duckdb.Error:
                 pass
-        self._tables.append(name)
-        rows = int(self.con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
-        schema = self.con.sql(f"SELECT * FROM {name} LIMIT 0").to_arrow_table().schema
-        partitions: tuple[tuple[Any, ...], ...] = ()
-        if spec.partition_by:
-            cols = ", ".join(quote_ident(c) for c in spec.partition_by)
-            partitions = tuple(
-                tuple(r) for r in self.con.execute(f"SELECT DISTINCT {cols} FROM {name}").fetchall()
-            )
-        return StagedResult(name=name, rows=rows, schema=schema, partitions=partitions)
+        staged = _staged_files(rows, target, schema)
+        return StagedResult(
+            files=staged,
+            rows=sum(f.rows for f in staged),
+            schema=schema,
+            partition_by=target.partition_by,
+        )
 
     def _check_columns(self, spec: TableSpec, columns: Sequence[str], where: str) -> None:
         if len(set(columns)) != len(columns):
@@ -250,26 +266,60 @@ class DuckDBSession:
             )
 
     def _classify(self, exc: duckdb.Error, spec: TableSpec, where: str) -> Exception:
+        """Errors surface while the result streams; name the bad source file when there is one."""
         text = _first_lines(exc)
-        if isinstance(exc, duckdb.IOException):
-            return SourceError(f"{where}: {text}", table=spec.name)
+        if isinstance(exc, duckdb.BinderException | duckdb.ParserException | duckdb.CatalogException):
+            return TransformError(f"{where}: {text}", table=spec.name)
+        for spec_, files, source_name in self._sources.values():
+            if isinstance(spec_, FileSource) and spec_.format == "csv":
+                detail = self._diagnose_csv(spec_, files)
+                if detail:
+                    return SourceError(
+                        f"source {source_name!r}: {detail}",
+                        hint="fix the file, or declare a contract with on_violation='quarantine'",
+                        table=spec.name,
+                    )
+        if isinstance(exc, duckdb.IOException) or "Malformed JSON" in text or "CSV Error" in text:
+            names = ", ".join(repr(n) for _, _, n in self._sources.values())
+            return SourceError(
+                f"{where}: cannot read source {names}: {text}",
+                hint="check the file format and options (delimiter, header, compression)",
+                table=spec.name,
+            )
         return TransformError(f"{where}: {text}", table=spec.name)
 
-    def batches(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
-        sql = f"SELECT * FROM {staged.name} AS s"
-        if where:
-            sql += f" WHERE {where}"
+    def _staged_view(self, staged: StagedResult) -> str:
+        """A view over the staged files with partition columns typed as in the result."""
+        view = f"__hr_staged_{self._uid}"
+        if not staged.files:
+            cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {quote_ident(f.name)}" for f in staged.schema)
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {cols} LIMIT 0")
+            return view
+        paths = "[" + ", ".join(sql_string(str(f.path)) for f in staged.files) + "]"
+        options = "union_by_name=true"
+        if staged.partition_by:
+            types = ", ".join(
+                f"{sql_string(c)}: {sql_string(_duck_type(staged.schema.field(c).type))}" for c in staged.partition_by
+            )
+            options += f", hive_partitioning=true, hive_types={{{types}}}"
+        else:
+            options += ", hive_partitioning=false"
+        cols = ", ".join(quote_ident(n) for n in staged.schema.names)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {cols} FROM read_parquet({paths}, {options})"
+        )
+        return view
+
+    def staged_rows(self, staged: StagedResult, sql: str) -> list[tuple[Any, ...]]:
+        view = self._staged_view(staged)
+        return [tuple(r) for r in self.con.execute(sql.replace("{staged}", view)).fetchall()]
+
+    def staged_reader(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
+        view = self._staged_view(staged)
+        sql = f"SELECT * FROM {view} AS s" + (f" WHERE {where}" if where else "")
         return self.con.sql(sql).arrow()
 
-    def scalar_rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.con.execute(sql).fetchall()]
-
     def close(self) -> None:
-        for name in self._tables:
-            try:
-                self.con.execute(f"DROP TABLE IF EXISTS {name}")
-            except duckdb.Error:
-                pass
         self.con.close()
 
 
@@ -277,3 +327,106 @@ def _delta_column(name: str, duck_type: str) -> str:
     target = _DELTA_CASTS.get(duck_type.upper())
     ident = quote_ident(name)
     return f"CAST({ident} AS {target}) AS {ident}" if target else ident
+
+
+_CODECS = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "lz4": "lz4_raw", "none": "uncompressed"}
+_ROW_GROUP_ROWS = 122_880
+
+
+def _copy_options(target: StageTarget) -> str:
+    """COPY options: unique file names (so a folder can be shared with committed files),
+    bounded row groups, and per-file statistics returned for the Delta log."""
+    codec = _CODECS.get(target.compression, "zstd")
+    opts = [
+        "FORMAT parquet",
+        f"COMPRESSION {codec}",
+        "RETURN_STATS true",
+        "FILENAME_PATTERN 'part-{uuid}'",
+        f"FILE_SIZE_BYTES {max(target.target_file_size, 1)}",
+        f"ROW_GROUP_SIZE {_ROW_GROUP_ROWS}",
+        f"ROW_GROUP_SIZE_BYTES {max(16 * 1024, min(target.target_file_size // 2, 64 * 1024 * 1024))}",
+    ]
+    if target.compression_level is not None and codec == "zstd":
+        opts.append(f"COMPRESSION_LEVEL {target.compression_level}")
+    if target.partition_by:
+        cols = ", ".join(quote_ident(c) for c in target.partition_by)
+        opts += [f"PARTITION_BY ({cols})", "APPEND true"]
+    else:
+        opts += ["PER_THREAD_OUTPUT true", "OVERWRITE_OR_IGNORE true"]
+    return ", ".join(opts)
+
+
+def _staged_files(
+    rows: list[tuple[Any, ...]], target: StageTarget, schema: pa.Schema
+) -> tuple[StagedFile, ...]:
+    files = []
+    for filename, count, size, _footer, column_stats, partition_keys, *_ in rows:
+        path = Path(filename)
+        if int(count) == 0:
+            path.unlink(missing_ok=True)  # an empty result still gets a file; it adds nothing
+            continue
+        rel = path.relative_to(target.directory).as_posix()
+        partitions = {c: (partition_keys or {}).get(c) for c in target.partition_by}
+        files.append(StagedFile(
+            path=path,
+            # the path as on disk; deltalake percent-encodes it for the log
+            rel_path=rel,
+            size=int(size),
+            rows=int(count),
+            partition_values=partitions,
+            stats=_delta_stats(int(count), column_stats or {}, schema, target.partition_by),
+            modification_time=int(path.stat().st_mtime * 1000),
+        ))
+    return tuple(files)
+
+
+def _delta_stats(
+    rows: int, column_stats: dict[str, dict[str, str]], schema: pa.Schema, partition_by: Sequence[str]
+) -> str:
+    """Delta file statistics. Min/max only where the text form is unambiguous (integers, dates,
+    exact short strings): a wrong bound would make readers skip rows that are there."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for field in schema:
+        if field.name in partition_by:
+            continue
+        stat = column_stats.get(quote_ident(field.name))
+        if not stat:
+            continue
+        if "null_count" in stat:
+            nulls[field.name] = int(stat["null_count"])
+        lo, hi = stat.get("min"), stat.get("max")
+        exact = stat.get("min_is_exact") == "true" and stat.get("max_is_exact") == "true"
+        if lo is None or hi is None or not exact:
+            continue
+        kind = field.type
+        if pa.types.is_integer(kind):
+            mins[field.name], maxs[field.name] = int(lo), int(hi)
+        elif pa.types.is_date32(kind) or (pa.types.is_string(kind) and len(lo) <= 32 and len(hi) <= 32):
+            mins[field.name], maxs[field.name] = lo, hi
+    stats = {"numRecords": rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+    return json.dumps(stats, separators=(",", ":"))
+
+
+def _duck_type(kind: pa.DataType) -> str:
+    """The DuckDB type for an Arrow type, for typing partition values read back from paths."""
+    import duckdb as _duckdb
+
+    probe = _duckdb.connect()
+    try:
+        empty = pa.table({"x": pa.array([], type=kind)})
+        return str(probe.from_arrow(empty).types[0])
+    finally:
+        probe.close()
+
+
+def _remove_partial_files(directory: Path, since: float) -> None:
+    """Delete the files a failed COPY left behind. Safe because the runner holds the table's
+    lock: every ``part-*.parquet`` newer than the COPY's start is this attempt's."""
+    for path in directory.rglob("part-*.parquet"):
+        try:
+            if path.stat().st_mtime >= since - 1:
+                path.unlink()
+        except OSError:
+            pass

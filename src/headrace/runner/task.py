@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headrace.engines.base import Engine
+from headrace.engines.base import Engine, StageTarget
 from headrace.errors import SourceError
 from headrace.lake.catalog import Lake, Snapshot
 from headrace.lake.writer import (
@@ -98,6 +98,15 @@ class TableTask:
     def _source_name(self, key: str, item: FileSource) -> str:
         return item.name or self.source_names.get(id(item)) or f"{self.spec.name}.{key}"
 
+    def _target(self) -> StageTarget:
+        return StageTarget(
+            directory=self.lake.path(self.spec.name),
+            partition_by=self.spec.partition_by,
+            compression=self.settings.compression,
+            compression_level=self.settings.compression_level,
+            target_file_size=self.settings.target_file_size,
+        )
+
     def fingerprint(self, inputs: ResolvedInputs) -> str:
         return combine([inputs.batch_id, self.spec.config_fingerprint()])
 
@@ -156,18 +165,19 @@ class TableTask:
             return TaskResult("unchanged", None, None, None, None, reason)
         session = self.engine.session()
         try:
-            rows_in = 0
+            counts: list[int | None] = []
             for key, batch in inputs.batches.items():
                 item = self.spec.inputs[key]
                 if isinstance(item, FileSource):
-                    rows_in += session.read_source(key, item, batch, source_name=self._source_name(key, item))
+                    counts.append(session.read_source(key, item, batch, source_name=self._source_name(key, item)))
                 else:
                     snap = inputs.snapshots[key]
                     session.read_table(key, snap.dataset())
-                    rows_in += snap.row_count()
+                    counts.append(snap.row_count())
+            rows_in = None if None in counts else sum(c or 0 for c in counts)
             ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root)
             relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
-            staged = session.stage(self.spec, relation)
+            staged = session.stage(self.spec, relation, self._target())
             result: PublishResult = publish(
                 self.lake,
                 PublishRequest(
