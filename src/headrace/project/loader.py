@@ -22,7 +22,6 @@ from typing import Any
 
 from headrace.errors import DefinitionError, HeadraceError
 from headrace.project.dag import Dag
-from headrace.project.sql_models import parse_model
 from headrace.spec.sources import FileSource, SourceSpec
 from headrace.spec.tables import TableInput, TableSpec
 
@@ -51,6 +50,8 @@ def load_project(config: Any) -> Project:
     registry.name_table_sources()
     models_dir = Path(config.models_dir)
     for path in _files(models_dir, ".sql"):
+        from headrace.project.sql_models import parse_model  # sqlglot loads only with models
+
         registry.add_table(parse_model(path, models_dir=models_dir, sources=registry.sources))
     if not registry.tables:
         raise DefinitionError(

@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg_sql
-from sqlalchemy.dialects import sqlite as sqlite_sql
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import NullPool
 
@@ -887,6 +885,8 @@ class StateStore:
             "expires_at": now + timedelta(seconds=LOCK_LEASE_SECONDS),
         }
         with self._write(f"acquire lock {claim.name}") as conn:
+            from sqlalchemy.dialects import sqlite as sqlite_sql  # only the backend in use
+
             insert = sqlite_sql.insert(LOCKS).values(values).on_conflict_do_nothing()
             if conn.execute(insert).rowcount == 1:
                 return True, None
@@ -983,6 +983,8 @@ class StateStore:
                 "acquired_at": _now(),
                 "expires_at": None,
             }
+            from sqlalchemy.dialects import postgresql as pg_sql  # only the backend in use
+
             conn.execute(
                 pg_sql.insert(LOCKS)
                 .values(name=claim.name, **values)

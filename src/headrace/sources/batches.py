@@ -8,11 +8,13 @@ a no-op when nothing changed.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-_CHUNK = 1 << 20
+import xxhash
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,16 @@ class InputBatch:
 
 
 def file_digest(path: Path) -> str:
-    """blake2b of the file's bytes; why: size+mtime can repeat across different contents."""
-    h = hashlib.blake2b(digest_size=16)
+    """xxh3-128 of the file's bytes. Why content and not size+mtime: those can repeat across
+    different contents. Why xxh3: it reads at memory speed (about 25x blake2b), so fingerprinting
+    a batch costs a few milliseconds next to parsing it; it identifies content, it is not a
+    security boundary."""
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return xxhash.xxh3_128(b"").hexdigest()
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:  # no copy into Python
+            return xxhash.xxh3_128(view).hexdigest()
 
 
 def combine(parts: Iterable[str]) -> str:
