@@ -87,8 +87,9 @@ class DuckDBEngine:
         try:
             self._db = duckdb.connect(":memory:", config=config)
             # partitioned writes buffer this many rows per thread before flushing to the
-            # per-partition files; DuckDB's default (524,288) makes memory grow with the input
-            self._db.execute("SET partitioned_write_flush_threshold = 65536")
+            # per-partition files; DuckDB's default (524,288) makes memory grow with the input.
+            # GLOBAL: each task works on its own cursor, which is a connection of its own.
+            self._db.execute("SET GLOBAL partitioned_write_flush_threshold = 65536")
         except duckdb.Error as exc:
             raise EngineError(f"cannot start DuckDB: {_first_lines(exc)}") from exc
 
