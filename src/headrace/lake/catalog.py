@@ -1,0 +1,125 @@
+"""The lake's layout: one Delta table per project table at ``<lake>/<schema>/<table>``.
+
+Reads go through a pinned Delta version exposed as a pyarrow dataset over a pyarrow local
+filesystem; why: the Rust-backed default filesystem makes processes abort at exit after
+``to_pyarrow_*`` reads (delta-rs#2184), a pyarrow filesystem does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from headrace.errors import EngineError, SelectionError
+from headrace.spec._names import did_you_mean
+
+META_PREFIX = "headrace."
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One readable version of a table."""
+
+    name: str
+    path: Path
+    version: int
+    table: DeltaTable
+
+    def dataset(self) -> Any:
+        """A re-scannable pyarrow dataset of this version (imported here: it loads pandas)."""
+        import pyarrow.fs as pafs
+
+        fs = pafs.SubTreeFileSystem(str(self.path), pafs.LocalFileSystem())
+        return self.table.to_pyarrow_dataset(filesystem=fs)
+
+    def row_count(self) -> int:
+        actions = self.table.get_add_actions(flatten=True)
+        column = actions.column("num_records")
+        return int(sum(v for v in column.to_pylist() if v is not None))
+
+
+@dataclass(frozen=True)
+class Commit:
+    version: int
+    timestamp: datetime
+    operation: str
+    run_id: str | None
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class Lake:
+    """Locates, opens and lists the Delta tables under a lake root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        schema, _, table = name.partition(".")
+        return self.root / schema / table if table else self.root / "main" / schema
+
+    def exists(self, name: str) -> bool:
+        return (self.path(name) / "_delta_log").is_dir()
+
+    def open(self, name: str, version: int | str | datetime | None = None) -> DeltaTable:
+        path = self.path(name)
+        if not self.exists(name):
+            known = self.list_tables()
+            raise SelectionError(
+                f"table {name!r} does not exist in the lake at {self.root}.{did_you_mean(name, known)}",
+                hint="run `headrace run` first, or check the name with `headrace dag`",
+            )
+        try:
+            table = DeltaTable(str(path))
+            if version is not None:
+                table.load_as_version(version)
+        except TableNotFoundError as exc:
+            raise SelectionError(f"table {name!r} has no Delta log at {path}") from exc
+        except (ValueError, OSError, Exception) as exc:
+            if isinstance(exc, SelectionError):
+                raise
+            raise EngineError(f"cannot open table {name!r} at version {version}: {exc}") from exc
+        return table
+
+    def snapshot(self, name: str, version: int | str | datetime | None = None) -> Snapshot:
+        table = self.open(name, version)
+        return Snapshot(name=name, path=self.path(name), version=table.version(), table=table)
+
+    def list_tables(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = []
+        for log in sorted(self.root.glob("*/*/_delta_log")):
+            table_dir = log.parent
+            names.append(f"{table_dir.parent.name}.{table_dir.name}")
+        return names
+
+    def history(self, name: str, limit: int | None = None) -> list[Commit]:
+        table = self.open(name)
+        commits = []
+        for entry in table.history(limit):
+            meta = {k[len(META_PREFIX):]: v for k, v in entry.items() if k.startswith(META_PREFIX)}
+            ts = datetime.fromtimestamp(entry.get("timestamp", 0) / 1000, tz=UTC)
+            commits.append(
+                Commit(
+                    version=int(entry.get("version", -1)),
+                    timestamp=ts,
+                    operation=str(entry.get("operation", "")),
+                    run_id=meta.get("run_id"),
+                    metadata=meta,
+                    metrics=dict(entry.get("operationMetrics") or {}),
+                )
+            )
+        return commits
+
+    def last_commit_metadata(self, name: str) -> dict[str, Any]:
+        """headrace metadata of the newest commit, or {} when there is none."""
+        if not self.exists(name):
+            return {}
+        history = self.history(name, 1)
+        return history[0].metadata if history else {}

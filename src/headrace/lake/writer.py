@@ -1,0 +1,366 @@
+"""Publish staged Parquet files as exactly one Delta commit, in the table's write mode.
+
+The engine has already written the result's files into the table's folder; a commit here
+adds them (and removes the files they replace) in one transaction, so readers see the old
+version or the new one, never a mix. Every commit carries headrace metadata (run id,
+fingerprint, input batch id) so the Delta log alone says what produced each version. Append is
+made idempotent by Delta app transactions keyed by the input: deltalake records them but does
+not skip duplicates by itself, so we check ``transaction_version`` first (under the table lock
+the runner holds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction, WriterProperties
+from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+from headrace.engines.base import EngineSession, StagedResult
+from headrace.errors import DataQualityError, EngineError, TransientError
+from headrace.lake.catalog import META_PREFIX, Lake
+from headrace.sources.files import quote_ident
+from headrace.spec.tables import TableSpec
+from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions
+
+_COMPRESSION = {"zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "lz4": "LZ4_RAW", "none": "UNCOMPRESSED"}
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    compression: str = "zstd"
+    compression_level: int | None = None
+    target_file_size: int = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    spec: TableSpec
+    staged: StagedResult
+    session: EngineSession
+    run_id: str
+    fingerprint: str
+    batch_id: str
+    settings: WriteSettings
+    app_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: int | None
+    operation: str
+    rows_written: int
+    skipped: str | None = None
+    kept_files: bool = False  # the staged files are now referenced by the Delta log
+
+
+def append_app_id(table: str, batch_id: str) -> str:
+    return f"headrace:{table}:{batch_id}"
+
+
+def publish(lake: Lake, req: PublishRequest) -> PublishResult:
+    """Commit ``req.staged`` in the table's mode: one commit, or none (files discarded)."""
+    name = req.spec.name
+    mode = req.spec.write
+    committed = False
+    try:
+        if isinstance(mode, Append):
+            result = _append(lake, req)
+        elif isinstance(mode, Overwrite):
+            result = _overwrite(lake, req)
+        elif isinstance(mode, OverwritePartitions):
+            result = _overwrite_partitions(lake, req)
+        elif isinstance(mode, Merge):
+            result = _merge(lake, req, mode)
+        else:
+            raise EngineError(f"table {name!r}: unsupported write mode {mode!r}")
+        committed = result.kept_files
+        return result
+    except CommitFailedError as exc:
+        raise TransientError(
+            f"table {name!r}: Delta commit conflict: {exc}",
+            hint="another writer committed at the same time; the run retries",
+            table=name,
+        ) from exc
+    except SchemaMismatchError as exc:
+        raise EngineError(
+            f"table {name!r}: the new result's schema does not match the table: {exc}",
+            hint="change the transform back, or rebuild the table with write='overwrite'",
+            table=name,
+        ) from exc
+    except (DeltaProtocolError, DeltaError) as exc:
+        raise EngineError(f"table {name!r}: Delta commit failed: {exc}", table=name) from exc
+    except OSError as exc:
+        raise TransientError(f"table {name!r}: I/O error while publishing: {exc}", table=name) from exc
+    finally:
+        if not committed:
+            req.staged.discard()
+
+
+# ---- modes ---------------------------------------------------------------------------------
+
+def _append(lake: Lake, req: PublishRequest) -> PublishResult:
+    app_ids = list(req.app_ids) or [append_app_id(req.spec.name, req.batch_id)]
+    table = _open(lake, req)
+    if table is not None:
+        if any(table.transaction_version(a) is not None for a in app_ids):
+            return PublishResult(None, "append", 0, skipped="input batch already appended")
+        _check_schema(req, table, mode="append")
+    # an empty batch still commits its app transactions: the input is consumed
+    version = _commit(lake, req, table, adds=_adds(req), mode="append", app_ids=app_ids)
+    return PublishResult(version, "append", req.staged.rows, kept_files=True)
+
+
+def _overwrite(lake: Lake, req: PublishRequest) -> PublishResult:
+    table = _open(lake, req)
+    version = _commit(lake, req, table, adds=_adds(req), mode="overwrite")
+    return PublishResult(version, "overwrite", req.staged.rows, kept_files=True)
+
+
+def _overwrite_partitions(lake: Lake, req: PublishRequest) -> PublishResult:
+    if req.staged.rows == 0:
+        return PublishResult(None, "overwrite_partitions", 0, skipped="no rows, no partitions to replace")
+    table = _open(lake, req)
+    removes: list[RemoveAction] = []
+    if table is not None:
+        _check_schema(req, table, mode="overwrite_partitions")
+        removes = _files_in_partitions(table, req)
+    version = _commit(lake, req, table, adds=_adds(req), removes=removes, mode="append")
+    return PublishResult(version, "overwrite_partitions", req.staged.rows, kept_files=True)
+
+
+def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
+    _check_merge_keys(req, mode.keys)
+    table = _open(lake, req)
+    if table is None:
+        return _first_merge(lake, req, mode)
+    _check_schema(req, table, mode="merge")
+    on = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in mode.keys)
+    merger = table.merge(
+        source=req.session.staged_reader(req.staged),
+        predicate=on,
+        source_alias="s",
+        target_alias="t",
+        writer_properties=_writer_properties(req.settings),
+        commit_properties=_commit_properties(req),
+    )
+    if mode.delete_when:
+        merger = merger.when_matched_delete(predicate=mode.delete_when)
+        merger = merger.when_matched_update_all()
+        merger = merger.when_not_matched_insert_all(predicate=f"NOT ({mode.delete_when})")
+    else:
+        merger = merger.when_matched_update_all().when_not_matched_insert_all()
+    metrics = merger.execute()
+    written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
+    return PublishResult(_version(lake, req), "merge", written)
+
+
+def _first_merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
+    """The first load of a merge table is an insert of the kept rows (deletes match nothing)."""
+    if mode.delete_when:
+        kept = req.session.staged_rows(req.staged, f"SELECT count(*) FROM {{staged}} s WHERE NOT ({mode.delete_when})")
+        if kept[0][0] != req.staged.rows:
+            from deltalake import write_deltalake
+
+            write_deltalake(
+                str(lake.path(req.spec.name)),
+                req.session.staged_reader(req.staged, where=f"NOT ({mode.delete_when})"),
+                mode="append",
+                partition_by=list(req.spec.partition_by) or None,
+                target_file_size=req.settings.target_file_size,
+                writer_properties=_writer_properties(req.settings),
+                commit_properties=_commit_properties(req),
+            )
+            return PublishResult(_version(lake, req), "merge", int(kept[0][0]))
+    version = _commit(lake, req, None, adds=_adds(req), mode="append")
+    return PublishResult(version, "merge", req.staged.rows, kept_files=True)
+
+
+def _check_merge_keys(req: PublishRequest, keys: Sequence[str]) -> None:
+    """A merge with duplicate or null keys in the new data would be silently ambiguous."""
+    if req.staged.rows == 0:
+        return
+    cols = ", ".join(quote_ident(k) for k in keys)
+    nulls = " OR ".join(f"{quote_ident(k)} IS NULL" for k in keys)
+    rows = req.session.staged_rows(
+        req.staged,
+        f"SELECT count(*) FILTER (WHERE {nulls}), "
+        f"(SELECT count(*) FROM (SELECT {cols} FROM {{staged}} GROUP BY ALL HAVING count(*) > 1)) "
+        f"FROM {{staged}}",
+    )
+    nulls_n, dupes_n = rows[0]
+    if nulls_n or dupes_n:
+        sample = req.session.staged_rows(
+            req.staged, f"SELECT {cols} FROM {{staged}} GROUP BY ALL HAVING count(*) > 1 LIMIT 3"
+        )
+        raise DataQualityError(
+            f"table {req.spec.name!r}: merge keys ({', '.join(keys)}) are not unique in the new data: "
+            f"{dupes_n} duplicated key(s), {nulls_n} null key(s); e.g. {sample}",
+            hint="deduplicate in the transform (e.g. QUALIFY row_number() OVER (...) = 1)",
+            table=req.spec.name,
+        )
+
+
+# ---- mechanics -----------------------------------------------------------------------------
+
+def _open(lake: Lake, req: PublishRequest) -> DeltaTable | None:
+    return lake.open(req.spec.name) if lake.exists(req.spec.name) else None
+
+
+def _adds(req: PublishRequest) -> list[AddAction]:
+    return [
+        AddAction(
+            path=f.rel_path,
+            size=f.size,
+            partition_values=f.partition_values,
+            modification_time=f.modification_time,
+            data_change=True,
+            stats=f.stats,
+        )
+        for f in req.staged.files
+    ]
+
+
+def _commit(
+    lake: Lake,
+    req: PublishRequest,
+    table: DeltaTable | None,
+    *,
+    adds: list[AddAction],
+    mode: str,
+    removes: Sequence[RemoveAction] = (),
+    app_ids: list[str] | None = None,
+) -> int:
+    props = _commit_properties(req, app_ids=app_ids)
+    partition_by = list(req.spec.partition_by) or None
+    if table is None:
+        create_table_with_add_actions(
+            str(lake.path(req.spec.name)),
+            Schema.from_arrow(req.staged.schema),
+            adds,
+            mode="error",
+            partition_by=partition_by,
+            commit_properties=props,
+        )
+    else:
+        table.create_write_transaction(
+            [*adds, *removes],
+            mode=mode,
+            schema=req.staged.schema,
+            partition_by=partition_by,
+            commit_properties=props,
+        )
+    return _version(lake, req)
+
+
+def _files_in_partitions(table: DeltaTable, req: PublishRequest) -> list[RemoveAction]:
+    """Remove actions for every live file in a partition the new result touches."""
+    wanted = {_normalise(values, req.staged.schema, req.staged.partition_by) for values in req.staged.partitions}
+    actions = pa.table(table.get_add_actions(flatten=False))
+    paths = actions.column("path").to_pylist()
+    sizes = actions.column("size_bytes").to_pylist()
+    parts = actions.column("partition").to_pylist() if "partition" in actions.column_names else None
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    removes = []
+    for i, path in enumerate(paths):
+        raw = parts[i] if parts is not None else {}
+        values = tuple(_as_text((raw or {}).get(c)) for c in req.staged.partition_by)
+        if _normalise(values, req.staged.schema, req.staged.partition_by) in wanted:
+            # the log holds percent-encoded paths; deltalake encodes what it is given
+            removes.append(RemoveAction(path=urllib.parse.unquote(path), data_change=True, deletion_timestamp=now,
+                                        size=sizes[i], partition_values={
+                                            c: v for c, v in zip(req.staged.partition_by, values, strict=True)}))
+    return removes
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _normalise(values: Sequence[str | None], schema: pa.Schema, columns: Sequence[str]) -> tuple[Any, ...]:
+    """Partition values as typed Python values, so '2026-01-01' and a date compare equal."""
+    out: list[Any] = []
+    for column, value in zip(columns, values, strict=True):
+        kind = schema.field(column).type
+        if value is None:
+            out.append(None)
+        elif pa.types.is_integer(kind):
+            out.append(int(value))
+        elif pa.types.is_date(kind):
+            out.append(dt.date.fromisoformat(str(value)[:10]))
+        elif pa.types.is_timestamp(kind):
+            out.append(dt.datetime.fromisoformat(str(value)).replace(tzinfo=None))
+        elif pa.types.is_boolean(kind):
+            out.append(str(value).lower() == "true")
+        else:
+            out.append(str(value))
+    return tuple(out)
+
+
+def _check_schema(req: PublishRequest, table: DeltaTable, *, mode: str) -> None:
+    """Adding files whose schema differs from the table's would corrupt it: refuse clearly."""
+    current = pa.schema(table.schema().to_arrow())
+    new = req.staged.schema
+    cur = {f.name: f.type for f in current}
+    nxt = {f.name: f.type for f in new}
+    added = [n for n in nxt if n not in cur]
+    missing = [n for n in cur if n not in nxt]
+    changed = [f"{n} {cur[n]} -> {nxt[n]}" for n in nxt if n in cur and not _same_type(cur[n], nxt[n])]
+    if added or missing or changed:
+        parts = []
+        if added:
+            parts.append(f"new columns {added}")
+        if missing:
+            parts.append(f"missing columns {missing}")
+        if changed:
+            parts.append(f"changed types {changed}")
+        raise EngineError(
+            f"table {req.spec.name!r}: the new result does not match the table's schema ({'; '.join(parts)})",
+            hint=f"{mode} keeps the table's schema: change the transform back, or rebuild the table "
+                 "with write='overwrite' (run with --force)",
+            table=req.spec.name,
+        )
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    if a == b:
+        return True
+    # Delta stores strings as one type; Arrow has string/large_string/string_view
+    texts = (pa.string(), pa.large_string(), pa.string_view())
+    return a in texts and b in texts
+
+
+def _writer_properties(settings: WriteSettings) -> WriterProperties:
+    codec = _COMPRESSION.get(settings.compression, "ZSTD")
+    level = settings.compression_level if codec in ("ZSTD", "GZIP") else None
+    return WriterProperties(compression=codec, compression_level=level)  # type: ignore[arg-type]
+
+
+def _commit_properties(req: PublishRequest, *, app_ids: list[str] | None = None) -> CommitProperties:
+    meta: dict[str, Any] = {
+        f"{META_PREFIX}run_id": req.run_id,
+        f"{META_PREFIX}fingerprint": req.fingerprint,
+        f"{META_PREFIX}batch_id": req.batch_id,
+        f"{META_PREFIX}mode": req.spec.write.kind,
+        f"{META_PREFIX}rows": str(req.staged.rows),
+    }
+    txns = [Transaction(app_id=a, version=1) for a in app_ids] if app_ids else None
+    return CommitProperties(custom_metadata=meta, app_transactions=txns, max_commit_retries=0)
+
+
+def _version(lake: Lake, req: PublishRequest) -> int:
+    return DeltaTable(str(lake.path(req.spec.name))).version()
