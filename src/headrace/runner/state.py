@@ -108,6 +108,27 @@ class TaskRecord:
     message: str | None
     error: str | None
     error_kind: str | None
+    rows_quarantined: int | None = None
+    rows_dropped: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One check's result in one run of one table (kept as history)."""
+
+    run_id: str
+    table: str
+    name: str
+    kind: str
+    severity: str
+    passed: bool
+    failing: int
+    total: int
+    ratio: float | None
+    metric: float | None
+    message: str
+    sample: list[dict[str, Any]]
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -138,6 +159,8 @@ _TASK_FIELDS: Final = frozenset(
         "message",
         "error",
         "error_kind",
+        "rows_quarantined",
+        "rows_dropped",
     }
 )
 
@@ -208,6 +231,8 @@ TASKS: Final = sa.Table(
     sa.Column("message", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("error_kind", sa.Text),
+    sa.Column("rows_quarantined", sa.BigInteger),
+    sa.Column("rows_dropped", sa.BigInteger),
     sa.UniqueConstraint("run_id", "table_name", name="uq_headrace_tasks_run_table"),
     sa.Index("ix_headrace_tasks_table_name", "table_name"),
 )
@@ -223,6 +248,26 @@ ATTEMPTS: Final = sa.Table(
     sa.Column("ended_at", UTCDateTime()),
     sa.Column("error", sa.Text),
     sa.Column("error_kind", sa.Text),
+)
+
+CHECKS: Final = sa.Table(
+    "headrace_check_results",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("table_name", sa.String(512), nullable=False),
+    sa.Column("check_name", sa.String(512), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("failing", sa.BigInteger, nullable=False),
+    sa.Column("total", sa.BigInteger, nullable=False),
+    sa.Column("ratio", sa.Float),
+    sa.Column("metric", sa.Float),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("sample", sa.Text, nullable=False),  # JSON list of objects
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_headrace_checks_table", "table_name", "check_name", "id"),
 )
 
 LOCKS: Final = sa.Table(
@@ -487,6 +532,27 @@ def _task_record(row: sa.Row[Any]) -> TaskRecord:
         message=m["message"],
         error=m["error"],
         error_kind=m["error_kind"],
+        rows_quarantined=m["rows_quarantined"],
+        rows_dropped=m["rows_dropped"],
+    )
+
+
+def _check_record(row: sa.Row[Any]) -> CheckRecord:
+    m = row._mapping
+    return CheckRecord(
+        run_id=m["run_id"],
+        table=m["table_name"],
+        name=m["check_name"],
+        kind=m["kind"],
+        severity=m["severity"],
+        passed=bool(m["passed"]),
+        failing=int(m["failing"]),
+        total=int(m["total"]),
+        ratio=m["ratio"],
+        metric=m["metric"],
+        message=m["message"],
+        sample=json.loads(m["sample"] or "[]"),
+        created_at=m["created_at"],
     )
 
 
@@ -720,6 +786,70 @@ class StateStore:
                     f"cannot update task {table!r}: run {run_id!r} has no such task",
                     hint="start_run() registers one task per table of the run",
                 )
+
+    # ----------------------------------------------------------------- checks
+
+    def record_checks(self, run_id: str, table: str, results: list[dict[str, Any]]) -> None:
+        """Store one run's check results for a table; keys as in :class:`CheckRecord`."""
+        if not results:
+            return
+        now = _now()
+        rows = [
+            {
+                "run_id": run_id,
+                "table_name": table,
+                "check_name": r["name"],
+                "kind": r["kind"],
+                "severity": r["severity"],
+                "passed": bool(r["passed"]),
+                "failing": int(r["failing"]),
+                "total": int(r["total"]),
+                "ratio": r.get("ratio"),
+                "metric": r.get("metric"),
+                "message": r.get("message") or "",
+                "sample": json.dumps(r.get("sample") or [], default=str),
+                "created_at": now,
+            }
+            for r in results
+        ]
+        with self._write(f"record checks of {table} in run {run_id}") as conn:
+            conn.execute(CHECKS.insert(), rows)
+
+    def check_results(
+        self, *, table: str | None = None, run_id: str | None = None, limit: int = 200
+    ) -> list[CheckRecord]:
+        """Check results, newest first; filtered by table and/or run."""
+        query = sa.select(CHECKS).order_by(CHECKS.c.id.desc()).limit(limit)
+        if table is not None:
+            query = query.where(CHECKS.c.table_name == table)
+        if run_id is not None:
+            query = query.where(CHECKS.c.run_id == run_id)
+        with self._read("read check results") as conn:
+            rows = conn.execute(query).all()
+        return [_check_record(r) for r in rows]
+
+    def check_history(self, table: str, check_name: str, limit: int = 100) -> list[float]:
+        """Earlier metric values of one check (oldest first), for volume anomaly detection.
+
+        Only runs that published count: a run stopped by the breaker did not change the table.
+        """
+        published = sa.select(TASKS.c.run_id).where(
+            TASKS.c.table_name == table, TASKS.c.status == "success"
+        )
+        query = (
+            sa.select(CHECKS.c.metric)
+            .where(
+                CHECKS.c.table_name == table,
+                CHECKS.c.check_name == check_name,
+                CHECKS.c.metric.is_not(None),
+                CHECKS.c.run_id.in_(published),
+            )
+            .order_by(CHECKS.c.id.desc())
+            .limit(limit)
+        )
+        with self._read(f"read history of {check_name} on {table}") as conn:
+            values = [float(r[0]) for r in conn.execute(query).all()]
+        return list(reversed(values))
 
     def tasks(self, run_id: str) -> list[TaskRecord]:
         """The tasks of a run in the order ``start_run`` listed their tables."""

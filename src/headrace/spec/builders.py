@@ -99,12 +99,16 @@ def table(
     retries: int | None = None,
     description: str | None = None,
     tags: Sequence[str] = (),
+    contract: Any = None,
+    checks: Sequence[Any] = (),
 ) -> Callable[[Callable[..., Any]], TableSpec]:
     """Declare a table computed by the decorated function.
 
     ``source=`` is the single input, passed as the function's first parameter; ``inputs=``
     maps parameter names to sources or upstream table names. ``write`` is a mode name or
-    object; ``keys`` is shorthand for ``write="merge"`` keys.
+    object; ``keys`` is shorthand for ``write="merge"`` keys. ``contract`` (``hr.Contract``)
+    validates the records entering the table when it reads one source, else its result;
+    ``checks`` (``hr.check.*``) audit the result before it is published.
     """
 
     def decorate(fn: Callable[..., Any]) -> TableSpec:
@@ -149,6 +153,8 @@ def table(
             description=description or inspect.getdoc(fn),
             tags=tuple(tags),
             origin=_origin(fn),
+            contract=contract,
+            checks=tuple(checks),
         )
 
     return decorate

@@ -87,6 +87,8 @@ class TableSpec:
     description: str | None = None
     tags: tuple[str, ...] = ()
     origin: str = "<unknown>"
+    contract: Any = None  # headrace.spec.contracts.Contract
+    checks: tuple[Any, ...] = ()  # headrace.spec.checks.Check
 
     @property
     def schema_name(self) -> str:
@@ -99,6 +101,12 @@ class TableSpec:
     def upstream_tables(self) -> list[str]:
         return sorted({i.name for i in self.inputs.values() if isinstance(i, TableRef)})
 
+    @property
+    def validates_source(self) -> bool:
+        """A contract describes the records as they arrive when the table reads exactly one
+        source; otherwise it describes the transform's result before it is published."""
+        return self.contract is not None and len(self.inputs) == 1 and not self.upstream_tables()
+
     def sources(self) -> dict[str, SourceSpec]:
         return {k: v for k, v in self.inputs.items() if not isinstance(v, TableRef)}
 
@@ -110,5 +118,7 @@ class TableSpec:
             repr(self.partition_by),
             self.transform.code_hash() if self.transform else "-",
             repr(sorted((k, repr(v)) for k, v in self.inputs.items())),
+            repr(self.contract),
+            repr(self.checks),
         ]
         return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
