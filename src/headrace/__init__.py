@@ -25,6 +25,7 @@ from headrace.errors import (
     TransformError,
     TransientError,
 )
+from headrace.spec import checks as check
 from headrace.spec.builders import files, table
 from headrace.spec.context import RunContext
 from headrace.spec.sources import FileSource
@@ -51,6 +52,7 @@ __all__ = [
     "TransformError",
     "TransientError",
     "__version__",
+    "check",
     "files",
     "ref",
     "table",

@@ -187,6 +187,23 @@ def dag(select: SelectOpt = None, as_json: JsonOpt = False) -> None:
     show_dag(_workspace(), select or [], as_json=as_json)
 
 
+@app.command()
+def checks(
+    table: Annotated[str | None, typer.Argument(help="Only this table.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Every stored result, not just the latest.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latest check results per table (or their history)."""
+    from headrace.cli.quality import show_checks
+
+    ws = _workspace()
+    try:
+        show_checks(ws, table, history=history, limit=limit, as_json=as_json)
+    finally:
+        ws.close()
+
+
 @app.command("config")
 def config_cmd(as_json: JsonOpt = False) -> None:
     """Show every setting, its value and where it came from."""

@@ -8,7 +8,7 @@ to the lake as Arrow batches without being computed twice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ class StagedResult:
     rows: int
     schema: pa.Schema
     partition_by: tuple[str, ...]
+    column_types: dict[str, str] = field(default_factory=dict)  # engine type names, for checks
 
     @property
     def partitions(self) -> set[tuple[str | None, ...]]:
@@ -72,6 +73,9 @@ class EngineSession(Protocol):
 
     def transform(self, spec: TableSpec, keys: Sequence[str], context: Any) -> Any:
         """Run the table's transform over the bound inputs; return an engine relation."""
+
+    def describe(self, spec: TableSpec, result: Any) -> dict[str, str]:
+        """The result's column names and engine types, without computing it."""
 
     def stage(self, spec: TableSpec, result: Any, target: StageTarget) -> StagedResult:
         """Compute the result once, streaming it into Parquet files under ``target``."""

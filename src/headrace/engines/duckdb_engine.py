@@ -248,6 +248,13 @@ class DuckDBSession:
         )
 
     # ---- staging ------------------------------------------------------------------------
+    def describe(self, spec: TableSpec, result: duckdb.DuckDBPyRelation) -> dict[str, str]:
+        """The result's columns and engine types, without computing it."""
+        try:
+            return {c: _DELTA_CASTS.get(str(t).upper(), str(t)) for c, t in zip(result.columns, result.types, strict=True)}
+        except duckdb.Error as exc:
+            raise self._classify(exc, spec, f"table {spec.name!r} ({spec.origin})") from exc
+
     def stage(self, spec: TableSpec, result: duckdb.DuckDBPyRelation, target: StageTarget) -> StagedResult:
         """Stream the result into Parquet files in the table's folder with DuckDB's parallel
         writer; the files stay invisible until the lake commits them (write-audit-publish)."""
@@ -286,6 +293,7 @@ class DuckDBSession:
             rows=sum(f.rows for f in staged),
             schema=schema,
             partition_by=target.partition_by,
+            column_types=dict(zip(columns, [_DELTA_CASTS.get(t.upper(), t) for t in types], strict=True)),
         )
 
     def _check_columns(self, spec: TableSpec, columns: Sequence[str], where: str) -> None:

@@ -18,6 +18,8 @@ class TaskOutcome:
     ended_at: datetime | None = None
     rows_in: int | None = None
     rows_out: int | None = None
+    rows_quarantined: int | None = None
+    rows_dropped: int | None = None
     version: int | None = None
     operation: str | None = None
     message: str | None = None

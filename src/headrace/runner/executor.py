@@ -155,7 +155,8 @@ class Runner:
         if spec.retries is not None:
             policy = RetryPolicy(spec.retries, policy.backoff_seconds, policy.max_backoff_seconds)
         task = TableTask(spec=spec, root=self.root, lake=self.lake, engine=self.engine, run_id=run_id,
-                         settings=self.settings, source_names=self.source_names, force=options.force)
+                         settings=self.settings, source_names=self.source_names, store=self.store,
+                         known_tables=set(self.tables), force=options.force)
         outcome.started_at = _now()
         outcome.status = "running"
         self._emit(run_id, outcome, started_at=outcome.started_at)
@@ -191,6 +192,8 @@ class Runner:
     def _complete(self, run_id: str, outcome: TaskOutcome, result: TaskResult) -> None:
         outcome.rows_in = result.rows_in
         outcome.rows_out = result.rows_out
+        outcome.rows_quarantined = result.rows_quarantined
+        outcome.rows_dropped = result.rows_dropped
         outcome.version = result.version
         outcome.operation = result.operation
         self._finish(run_id, outcome, result.status, message=result.message)
@@ -210,6 +213,7 @@ class Runner:
                 run_id, outcome.table, status=outcome.status, attempts=outcome.attempts,
                 ended_at=outcome.ended_at, rows_in=outcome.rows_in, rows_out=outcome.rows_out,
                 delta_version=outcome.version, operation=outcome.operation,
+                rows_quarantined=outcome.rows_quarantined, rows_dropped=outcome.rows_dropped,
                 message=outcome.message, error=outcome.error, error_kind=outcome.error_kind, **extra,
             )
             if self.listener:

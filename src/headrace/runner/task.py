@@ -7,6 +7,7 @@ consumed (batch id, fingerprint) is written in the same Delta commit as the data
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from headrace.lake.writer import (
     append_app_id,
     publish,
 )
+from headrace.runner import audit
 from headrace.sources.batches import InputBatch, combine
 from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
@@ -37,6 +39,8 @@ class TaskResult:
     version: int | None
     operation: str | None
     message: str | None
+    rows_quarantined: int | None = None
+    rows_dropped: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class TableTask:
         run_id: str,
         settings: WriteSettings,
         source_names: dict[int, str],
+        store: Any = None,
+        known_tables: Collection[str] = (),
         force: bool = False,
     ) -> None:
         self.spec = spec
@@ -68,6 +74,8 @@ class TableTask:
         self.run_id = run_id
         self.settings = settings
         self.source_names = source_names
+        self.store = store
+        self.known_tables = known_tables
         self.force = force
 
     def resolve_inputs(self) -> ResolvedInputs:
@@ -177,7 +185,16 @@ class TableTask:
             rows_in = None if None in counts else sum(c or 0 for c in counts)
             ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root)
             relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
+            audit.validate(self.spec, session.describe(self.spec, relation), self.known_tables)
             staged = session.stage(self.spec, relation, self._target())
+            try:
+                checks = audit.run_checks(self.spec, session, staged, lake=self.lake, store=self.store)
+                if checks:
+                    audit.record(self.store, self.run_id, self.spec.name, checks)
+                audit.enforce(self.spec, checks)
+            except BaseException:
+                staged.discard()
+                raise
             result: PublishResult = publish(
                 self.lake,
                 PublishRequest(
@@ -195,4 +212,5 @@ class TableTask:
             session.close()
         if result.skipped:
             return TaskResult("unchanged", rows_in, staged.rows, None, result.operation, result.skipped)
-        return TaskResult("success", rows_in, staged.rows, result.version, result.operation, None)
+        return TaskResult("success", rows_in, staged.rows, result.version, result.operation,
+                          audit.summary(checks))

@@ -99,13 +99,20 @@ class TableSpec:
         return self.name.split(".", 1)[1] if "." in self.name else self.name
 
     def upstream_tables(self) -> list[str]:
+        """Tables this one needs first: its table inputs and the targets of its
+        relationships checks (a foreign key is audited against the target's current rows)."""
+        names = {i.name for i in self.inputs.values() if isinstance(i, TableRef)}
+        names |= {c.to for c in self.checks if getattr(c, "kind", None) == "relationships"}
+        return sorted(names)
+
+    def input_tables(self) -> list[str]:
         return sorted({i.name for i in self.inputs.values() if isinstance(i, TableRef)})
 
     @property
     def validates_source(self) -> bool:
         """A contract describes the records as they arrive when the table reads exactly one
         source; otherwise it describes the transform's result before it is published."""
-        return self.contract is not None and len(self.inputs) == 1 and not self.upstream_tables()
+        return self.contract is not None and len(self.inputs) == 1 and not self.input_tables()
 
     def sources(self) -> dict[str, SourceSpec]:
         return {k: v for k, v in self.inputs.items() if not isinstance(v, TableRef)}

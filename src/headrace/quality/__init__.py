@@ -1,0 +1,1 @@
+"""Data quality: checks audited on a table's staged result before it is published."""
