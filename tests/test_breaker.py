@@ -236,3 +236,27 @@ def x(raw):
     root = make_project({"pipelines/p.py": pipe, "data/x.csv": "ts\n2020-01-01 00:00:00\n"})
     result = run_project(root)
     assert result.status == ("success" if severity == "warn" else "failed")
+
+
+def test_checks_declared_in_a_sql_model_header(make_project):
+    model = """/* headrace
+checks = [
+  {unique = ["customer_id"]},
+  {expression = "n > 0", name = "has_orders"},
+  {row_count = {min = 1}, severity = "warn"},
+]
+*/
+select customer_id, count(*) as n from ref('bronze.orders') group by all
+"""
+    root = make_project({"pipelines/p.py": PIPE, "data/orders.csv": GOOD, "data/customers.csv": CUSTOMERS,
+                         "models/gold/per_customer.sql": model})
+    result = run_project(root, "+gold.per_customer")
+    assert result.status == "success", [t.error for t in result.tasks]
+    ws = open_ws(root)
+    names = {r.name for r in ws.store.check_results(table="gold.per_customer")}
+    ws.close()
+    assert {"unique(customer_id)", "has_orders"} <= names
+    bad = model.replace("{unique = [\"customer_id\"]}", "{unique = [\"customer_idd\"]}")
+    write_files(root, {"models/gold/per_customer.sql": bad})
+    result = run_project(root, "gold.per_customer")
+    assert result.status == "failed" and "Did you mean 'customer_id'" in result.tasks[0].error

@@ -39,6 +39,8 @@ HEADER_KEYS: tuple[str, ...] = (
     "retries",
     "description",
     "tags",
+    "checks",
+    "contract",
 )
 _HEADER_START = re.compile(r"\A(\s*)/\*\s*headrace\b")
 _TOML_AT = re.compile(r"at line (\d+), column (\d+)")
@@ -350,6 +352,8 @@ def parse_model(path: Path, *, models_dir: Path, sources: Mapping[str, SourceSpe
         raise _header_error(
             path, header, "retries", f"retries must be >= 0, got {retries}", "e.g. retries = 3"
         )
+    checks = _checks(header, path)
+    contract = _contract(header, path)
     tokens = _tokenize(body, path)
     tree = _parse(body, path)
     inputs: dict[str, TableInput] = {}
@@ -365,4 +369,33 @@ def parse_model(path: Path, *, models_dir: Path, sources: Mapping[str, SourceSpe
         description=_optional(header, path, "description", str),
         tags=_string_list(header, path, "tags"),
         origin=f"{path}:{first_line}",
+        checks=tuple(checks),
+        contract=contract,
     )
+
+
+def _checks(header: _Header, path: Path) -> list[Any]:
+    """``checks = [{unique = ["id"]}, {range = "amount", min = 0}]`` in the header."""
+    if "checks" not in header.values:
+        return []
+    items = header.values["checks"]
+    line = _key_line(header, "checks")
+    if not isinstance(items, list):
+        raise _header_error(path, header, "checks", "checks must be a list of tables",
+                            'e.g. checks = [{unique = ["order_id"]}]')
+    from headrace.spec.checks import checks_from_config
+
+    return checks_from_config(items, where=f"{path}:{line}")
+
+
+def _contract(header: _Header, path: Path) -> Any:
+    """``[contract]`` / ``contract = {...}`` in the header: columns and policies."""
+    if "contract" not in header.values:
+        return None
+    value = header.values["contract"]
+    if not isinstance(value, dict):
+        raise _header_error(path, header, "contract", "contract must be a table",
+                            '[contract] with on_violation = "quarantine" and [contract.columns]')
+    from headrace.spec.contracts import contract_from_config
+
+    return contract_from_config(value, where=f"{path}:{_key_line(header, 'contract')}")
