@@ -74,6 +74,9 @@ class EngineSession(Protocol):
     def transform(self, spec: TableSpec, keys: Sequence[str], context: Any) -> Any:
         """Run the table's transform over the bound inputs; return an engine relation."""
 
+    def conform(self, result: Any, table_schema: pa.Schema, *, drop_extra: bool) -> Any:
+        """Fit a result to an existing table's columns (NULLs for missing ones)."""
+
     def describe(self, spec: TableSpec, result: Any) -> dict[str, str]:
         """The result's column names and engine types, without computing it."""
 

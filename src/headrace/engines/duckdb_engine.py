@@ -248,6 +248,20 @@ class DuckDBSession:
         )
 
     # ---- staging ------------------------------------------------------------------------
+    def conform(self, result: duckdb.DuckDBPyRelation, table_schema: pa.Schema, *,
+                drop_extra: bool) -> duckdb.DuckDBPyRelation:
+        """Fit a result to an existing table: NULLs for the table's columns the result lacks
+        (typed like the table), and, when asked, without columns the table does not have."""
+        have = list(result.columns)
+        wanted = set(table_schema.names)
+        cols = [quote_ident(c) for c in have if not drop_extra or c in wanted]
+        for field_ in table_schema:
+            if field_.name not in have:
+                cols.append(f"CAST(NULL AS {_duck_type(field_.type)}) AS {quote_ident(field_.name)}")
+        if cols == [quote_ident(c) for c in have]:
+            return result
+        return result.select(", ".join(cols))
+
     def describe(self, spec: TableSpec, result: duckdb.DuckDBPyRelation) -> dict[str, str]:
         """The result's columns and engine types, without computing it."""
         try:

@@ -54,6 +54,7 @@ class PublishRequest:
     batch_id: str
     settings: WriteSettings
     app_ids: tuple[str, ...] = ()
+    schema_policy: str = "evolve"  # evolve | freeze | discard
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,9 @@ def _append(lake: Lake, req: PublishRequest) -> PublishResult:
     if table is not None:
         if any(table.transaction_version(a) is not None for a in app_ids):
             return PublishResult(None, "append", 0, skipped="input batch already appended")
-        _check_schema(req, table, mode="append")
+        if _check_schema(req, table, mode="append"):
+            _evolve(lake, req, mode="append", app_ids=app_ids)
+            return PublishResult(_version(lake, req), "append", req.staged.rows)
     # an empty batch still commits its app transactions: the input is consumed
     version = _commit(lake, req, table, adds=_adds(req), mode="append", app_ids=app_ids)
     return PublishResult(version, "append", req.staged.rows, kept_files=True)
@@ -134,7 +137,9 @@ def _overwrite_partitions(lake: Lake, req: PublishRequest) -> PublishResult:
     table = _open(lake, req)
     removes: list[RemoveAction] = []
     if table is not None:
-        _check_schema(req, table, mode="overwrite_partitions")
+        if _check_schema(req, table, mode="overwrite_partitions"):
+            _evolve(lake, req, mode="overwrite", predicate=_partition_predicate(req))
+            return PublishResult(_version(lake, req), "overwrite_partitions", req.staged.rows)
         removes = _files_in_partitions(table, req)
     version = _commit(lake, req, table, adds=_adds(req), removes=removes, mode="append")
     return PublishResult(version, "overwrite_partitions", req.staged.rows, kept_files=True)
@@ -145,13 +150,14 @@ def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
     table = _open(lake, req)
     if table is None:
         return _first_merge(lake, req, mode)
-    _check_schema(req, table, mode="merge")
+    evolve = _check_schema(req, table, mode="merge")
     on = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in mode.keys)
     merger = table.merge(
         source=req.session.staged_reader(req.staged),
         predicate=on,
         source_alias="s",
         target_alias="t",
+        merge_schema=evolve,
         writer_properties=_writer_properties(req.settings),
         commit_properties=_commit_properties(req),
     )
@@ -316,29 +322,81 @@ def _normalise(values: Sequence[str | None], schema: pa.Schema, columns: Sequenc
     return tuple(out)
 
 
-def _check_schema(req: PublishRequest, table: DeltaTable, *, mode: str) -> None:
-    """Adding files whose schema differs from the table's would corrupt it: refuse clearly."""
+def _check_schema(req: PublishRequest, table: DeltaTable, *, mode: str) -> bool:
+    """Compare the new result with the table's schema under the table's policy.
+
+    Returns True when the commit must add columns (policy ``evolve``). A changed type is never
+    applied silently; missing columns were filled with NULLs before staging (``conform``).
+    """
     current = pa.schema(table.schema().to_arrow())
-    new = req.staged.schema
     cur = {f.name: f.type for f in current}
-    nxt = {f.name: f.type for f in new}
+    nxt = {f.name: f.type for f in req.staged.schema}
     added = [n for n in nxt if n not in cur]
     missing = [n for n in cur if n not in nxt]
     changed = [f"{n} {cur[n]} -> {nxt[n]}" for n in nxt if n in cur and not _same_type(cur[n], nxt[n])]
-    if added or missing or changed:
+    policy = req.schema_policy
+    if not changed and not missing and (not added or policy == "evolve"):
+        return bool(added)
+    parts = []
+    if added:
+        parts.append(f"new columns {added}")
+    if missing:
+        parts.append(f"missing columns {missing}")
+    if changed:
+        parts.append(f"changed types {changed}")
+    hint = (
+        "a type change is never applied silently: cast back in the transform, or rebuild the table "
+        "with write='overwrite' (run with --force)"
+        if changed else
+        f"the table's schema policy is {policy!r}: use schema='evolve' to add columns, or 'discard' to drop them"
+    )
+    raise EngineError(
+        f"table {req.spec.name!r}: the new result does not match the table's schema ({'; '.join(parts)})",
+        hint=hint,
+        table=req.spec.name,
+    )
+
+
+def _evolve(lake: Lake, req: PublishRequest, *, mode: str, predicate: str | None = None,
+            app_ids: list[str] | None = None) -> None:
+    """A commit that adds columns: deltalake's writer merges the schema in the same commit."""
+    from deltalake import write_deltalake
+
+    write_deltalake(
+        str(lake.path(req.spec.name)),
+        req.session.staged_reader(req.staged),
+        mode=mode,  # type: ignore[arg-type]
+        predicate=predicate,
+        schema_mode="merge",
+        partition_by=list(req.spec.partition_by) or None,
+        target_file_size=req.settings.target_file_size,
+        writer_properties=_writer_properties(req.settings),
+        commit_properties=_commit_properties(req, app_ids=app_ids),
+    )
+
+
+def _partition_predicate(req: PublishRequest) -> str:
+    """SQL matching exactly the staged partitions (NULL-aware), for deltalake's writer."""
+    clauses = []
+    for values in sorted(req.staged.partitions, key=str):
+        typed = _normalise(values, req.staged.schema, req.staged.partition_by)
         parts = []
-        if added:
-            parts.append(f"new columns {added}")
-        if missing:
-            parts.append(f"missing columns {missing}")
-        if changed:
-            parts.append(f"changed types {changed}")
-        raise EngineError(
-            f"table {req.spec.name!r}: the new result does not match the table's schema ({'; '.join(parts)})",
-            hint=f"{mode} keeps the table's schema: change the transform back, or rebuild the table "
-                 "with write='overwrite' (run with --force)",
-            table=req.spec.name,
-        )
+        for column, value in zip(req.staged.partition_by, typed, strict=True):
+            ident = quote_ident(column)
+            if value is None:
+                parts.append(f"{ident} IS NULL")
+            elif isinstance(value, bool):
+                parts.append(f"{ident} = {'true' if value else 'false'}")
+            elif isinstance(value, int):
+                parts.append(f"{ident} = {value}")
+            elif isinstance(value, dt.datetime):
+                parts.append(f"{ident} = TIMESTAMP '{value.isoformat(sep=' ')}'")
+            elif isinstance(value, dt.date):
+                parts.append(f"{ident} = DATE '{value.isoformat()}'")
+            else:
+                parts.append(f"{ident} = '" + str(value).replace("'", "''") + "'")
+        clauses.append("(" + " AND ".join(parts) + ")")
+    return " OR ".join(clauses) or "false"
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:

@@ -41,6 +41,7 @@ HEADER_KEYS: tuple[str, ...] = (
     "tags",
     "checks",
     "contract",
+    "schema",
 )
 _HEADER_START = re.compile(r"\A(\s*)/\*\s*headrace\b")
 _TOML_AT = re.compile(r"at line (\d+), column (\d+)")
@@ -371,7 +372,16 @@ def parse_model(path: Path, *, models_dir: Path, sources: Mapping[str, SourceSpe
         origin=f"{path}:{first_line}",
         checks=tuple(checks),
         contract=contract,
+        schema_policy=_schema_policy(header, path),
     )
+
+
+def _schema_policy(header: _Header, path: Path) -> str:
+    from headrace.spec.builders import check_schema_policy
+
+    value = _optional(header, path, "schema", str) or "evolve"
+    line = _key_line(header, "schema") if "schema" in header.values else header.first_line
+    return check_schema_policy(value, where=f"{path}:{line}: ")
 
 
 def _checks(header: _Header, path: Path) -> list[Any]:

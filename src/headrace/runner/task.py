@@ -28,7 +28,7 @@ from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec
-from headrace.spec.write_modes import Append
+from headrace.spec.write_modes import Append, Overwrite
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,16 @@ class TableTask:
 
     def _source_name(self, key: str, item: FileSource) -> str:
         return item.name or self.source_names.get(id(item)) or f"{self.spec.name}.{key}"
+
+    def _conform(self, session: Any, relation: Any) -> Any:
+        """Fit the result to the existing table unless this run replaces the table whole."""
+        policy = self.spec.effective_schema_policy
+        if isinstance(self.spec.write, Overwrite) or policy == "freeze" or not self.lake.exists(self.spec.name):
+            return relation
+        import pyarrow as pa
+
+        schema = pa.schema(self.lake.open(self.spec.name).schema().to_arrow())
+        return session.conform(relation, schema, drop_extra=policy == "discard")
 
     def _target(self) -> StageTarget:
         return StageTarget(
@@ -185,6 +195,7 @@ class TableTask:
             rows_in = None if None in counts else sum(c or 0 for c in counts)
             ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root)
             relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
+            relation = self._conform(session, relation)
             audit.validate(self.spec, session.describe(self.spec, relation), self.known_tables)
             staged = session.stage(self.spec, relation, self._target())
             try:
@@ -206,6 +217,7 @@ class TableTask:
                     batch_id=inputs.batch_id,
                     settings=self.settings,
                     app_ids=tuple(app_ids),
+                    schema_policy=self.spec.effective_schema_policy,
                 ),
             )
         finally:

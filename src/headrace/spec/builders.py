@@ -101,6 +101,7 @@ def table(
     tags: Sequence[str] = (),
     contract: Any = None,
     checks: Sequence[Any] = (),
+    schema: str = "evolve",
 ) -> Callable[[Callable[..., Any]], TableSpec]:
     """Declare a table computed by the decorated function.
 
@@ -108,7 +109,9 @@ def table(
     maps parameter names to sources or upstream table names. ``write`` is a mode name or
     object; ``keys`` is shorthand for ``write="merge"`` keys. ``contract`` (``hr.Contract``)
     validates the records entering the table when it reads one source, else its result;
-    ``checks`` (``hr.check.*``) audit the result before it is published.
+    ``checks`` (``hr.check.*``) audit the result before it is published. ``schema`` is the
+    policy when the result's columns differ from the table's: ``evolve`` (add new columns,
+    fill missing ones with NULL), ``freeze`` (refuse), ``discard`` (drop new columns).
     """
 
     def decorate(fn: Callable[..., Any]) -> TableSpec:
@@ -155,6 +158,21 @@ def table(
             origin=_origin(fn),
             contract=contract,
             checks=tuple(checks),
+            schema_policy=check_schema_policy(schema, where=where),
         )
 
     return decorate
+
+
+SCHEMA_POLICIES = ("evolve", "freeze", "discard")
+
+
+def check_schema_policy(value: str, *, where: str = "") -> str:
+    if value not in SCHEMA_POLICIES:
+        from headrace.spec._names import did_you_mean
+
+        raise DefinitionError(
+            f"{where}unknown schema policy {value!r}.{did_you_mean(str(value), SCHEMA_POLICIES)}",
+            hint="schema = 'evolve' (add columns), 'freeze' (refuse changes) or 'discard' (drop new columns)",
+        )
+    return value

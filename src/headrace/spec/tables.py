@@ -89,6 +89,11 @@ class TableSpec:
     origin: str = "<unknown>"
     contract: Any = None  # headrace.spec.contracts.Contract
     checks: tuple[Any, ...] = ()  # headrace.spec.checks.Check
+    schema_policy: str = "evolve"  # evolve | freeze | discard (a contract's own policy wins)
+
+    @property
+    def effective_schema_policy(self) -> str:
+        return getattr(self.contract, "schema", None) or self.schema_policy
 
     @property
     def schema_name(self) -> str:
@@ -127,5 +132,6 @@ class TableSpec:
             repr(sorted((k, repr(v)) for k, v in self.inputs.items())),
             repr(self.contract),
             repr(self.checks),
+            self.schema_policy,
         ]
         return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
