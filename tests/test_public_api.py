@@ -8,8 +8,16 @@ import sys
 import headrace
 
 
+def _natural(name: str) -> list:
+    """The isort-style order ruff's RUF022 keeps __all__ in (Int8 before Int16)."""
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def test_all_is_exact_and_sorted():
-    assert headrace.__all__ == sorted(headrace.__all__)
+    assert headrace.__all__ == sorted(headrace.__all__, key=_natural)
+    assert len(set(headrace.__all__)) == len(headrace.__all__)
     # in a fresh interpreter: other tests import submodules, which become package attributes
     code = "import headrace; print(sorted(n for n in dir(headrace) if not n.startswith('_')))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

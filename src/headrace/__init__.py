@@ -28,6 +28,22 @@ from headrace.errors import (
 from headrace.spec import checks as check
 from headrace.spec.builders import files, table
 from headrace.spec.context import RunContext
+from headrace.spec.contracts import (
+    Bool,
+    Contract,
+    Date,
+    Decimal,
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    List,
+    String,
+    Struct,
+    Timestamp,
+)
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec, ref
 from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions
@@ -36,19 +52,33 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Append",
+    "Bool",
     "ConfigError",
+    "Contract",
     "DataQualityError",
+    "Date",
+    "Decimal",
     "DefinitionError",
     "EngineError",
     "FileSource",
+    "Float32",
+    "Float64",
     "HeadraceError",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "List",
     "Merge",
     "Overwrite",
     "OverwritePartitions",
     "RunContext",
     "SourceError",
+    "String",
+    "Struct",
     "TableRef",
     "TableSpec",
+    "Timestamp",
     "TransformError",
     "TransientError",
     "__version__",

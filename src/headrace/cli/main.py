@@ -204,6 +204,30 @@ def checks(
         ws.close()
 
 
+@app.command()
+def quarantine(
+    action_or_table: Annotated[str, typer.Argument(metavar="TABLE | replay", help="A table, or `replay`.")],
+    table: Annotated[str | None, typer.Argument(help="With `replay`: the table.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Sample rows.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quarantined records by rule with a sample; `quarantine replay TABLE` re-validates them."""
+    ws = _workspace()
+    try:
+        if action_or_table == "replay":
+            if not table:
+                raise typer.BadParameter("name the table: headrace quarantine replay TABLE")
+            from headrace.cli.quality import replay_quarantine
+
+            ok = replay_quarantine(ws, table, as_json=as_json)
+            raise typer.Exit(0 if ok else 1)
+        from headrace.cli.quality import show_quarantine
+
+        show_quarantine(ws, action_or_table, limit=limit, as_json=as_json)
+    finally:
+        ws.close()
+
+
 @app.command("config")
 def config_cmd(as_json: JsonOpt = False) -> None:
     """Show every setting, its value and where it came from."""

@@ -84,3 +84,29 @@ def show_quarantine(ws: Workspace, table: str, *, limit: int, as_json: bool) -> 
         reasons = "; ".join(f"{e['column'] or '(record)'}: {e['message']}" for e in errs or [])
         rows.append([f"{f}:{ln}", (raw or "")[:80], reasons])
     out.print(simple_table("sample", ["source", "record", "why"], rows))
+
+
+def replay_quarantine(ws: Workspace, table: str, *, as_json: bool) -> bool:
+    from headrace.cli.render import RunProgress
+    from headrace.runner.replay import replay
+
+    with RunProgress([table.lower()], enabled=not as_json) as progress:
+        result = replay(ws, table, listener=progress)
+    data = {
+        "table": result.table, "examined": result.examined, "published": result.passed,
+        "still_failing": result.still_failing, "removed_from_quarantine": result.removed,
+        "run_id": result.run.run_id if result.run else None,
+        "status": result.run.status if result.run else "nothing to publish",
+        "error": next((t.error for t in result.run.tasks if t.error), None) if result.run else None,
+    }
+    if as_json:
+        print_json(data)
+    else:
+        out.print(
+            f"{result.table}: {result.examined:,} quarantined record(s) re-validated; "
+            f"{result.passed:,} now pass and were published ({result.removed:,} removed from quarantine), "
+            f"{result.still_failing:,} still fail and stay"
+        )
+        if data["error"]:
+            out.print(f"[red]{data['error']}[/red]")
+    return result.run is None or result.run.ok

@@ -139,12 +139,14 @@ def print_run_summary(result: RunResult) -> None:
         if t.hint and t.error:
             note += f"\nhint: {t.hint}"
         rows.append([
-            t.table, styled(t.status), t.operation or "", fmt_int(t.rows_in), fmt_int(t.rows_out),
+            t.table, styled(t.status), t.operation or "", fmt_int(t.rows_in),
+            fmt_int(t.rows_quarantined or None), fmt_int(t.rows_dropped or None), fmt_int(t.rows_out),
             "" if t.version is None else str(t.version), str(t.attempts or ""),
             fmt_seconds(t.seconds), note,
         ])
     out.print(simple_table(
-        None, ["table", "status", "write", "rows in", "rows out", "version", "attempts", "time", "note"], rows
+        None, ["table", "status", "write", "rows in", "quarantined", "dropped", "rows out", "version",
+               "attempts", "time", "note"], rows
     ))
     counts: dict[str, int] = {}
     for t in result.tasks:
@@ -168,6 +170,7 @@ def run_result_json(result: RunResult) -> dict[str, Any]:
         "tables": [
             {
                 "table": t.table, "status": t.status, "operation": t.operation, "rows_in": t.rows_in,
+                "rows_quarantined": t.rows_quarantined, "rows_dropped": t.rows_dropped,
                 "rows_out": t.rows_out, "version": t.version, "attempts": t.attempts,
                 "seconds": t.seconds, "message": t.message, "error": t.error,
                 "error_kind": t.error_kind,

@@ -111,6 +111,7 @@ class DuckDBSession:
         self.con = con
         self._uid = _next_id()
         self._sources: dict[str, tuple[SourceSpec, list[Path], str]] = {}
+        self._validated: dict[str, tuple[str, Any, dict[str, str | None]]] = {}
 
     # ---- inputs -------------------------------------------------------------------------
     def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
@@ -163,6 +164,56 @@ class DuckDBSession:
         if ts_format:
             pinned.append(f"timestampformat={sql_string(ts_format)}")
         return pinned
+
+    def read_validated_source(
+        self, key: str, spec: SourceSpec, batch: InputBatch, contract: Any, *, source_name: str,
+        workdir: Path,
+    ) -> tuple[int, int]:
+        """Read every record (malformed ones included), validate it against the contract in one
+        pass, and keep the result as Parquet in ``workdir`` (bounded memory). Binds ``key`` to
+        the good, typed rows; the rejects stay available to :meth:`quarantine_sql`.
+        Returns ``(records read, records violating the contract)``."""
+        from headrace.quality.contracts import open_raw_reader, plan_validation
+
+        files = [e.path for e in batch.files]
+        self._sources[key] = (spec, files, source_name)
+        validated = workdir / f"validated-{key}"
+        try:
+            with open_raw_reader(self.con, spec, files, contract=contract, workdir=workdir) as raw:
+                dups = f"__hr_dups_{self._uid}_{key}" if contract.keys else None
+                plan = plan_validation(contract, f"({raw.sql})", raw.fields,
+                                       duplicates=quote_ident(dups) if dups else None)
+                if dups:
+                    keys_sql = f"({raw.sql_for(plan.key_fields)})"
+                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(dups)} AS {plan.duplicates_sql(keys_sql)}")
+                self.con.execute(
+                    f"COPY ({plan.sql}) TO {sql_string(str(validated))} "
+                    "(FORMAT parquet, COMPRESSION zstd, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
+                )
+                headers = {str(p.path): p.header for p in raw.layout.probes} if spec.format == "csv" else {}
+        except duckdb.Error as exc:
+            raise SourceError(
+                f"source {source_name!r}: cannot read {spec.describe()}: {_first_lines(exc)}",
+                hint="check the file format and options",
+            ) from exc
+        view = f"__hr_validated_{self._uid}_{key}"
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS SELECT * FROM "
+            f"read_parquet({sql_string(str(validated / '*.parquet'))})"
+        )
+        self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {plan.good_sql(quote_ident(view))}")
+        self._validated[key] = (view, plan, headers)
+        rows, bad = self.con.execute(plan.counts_sql(quote_ident(view))).fetchall()[0]
+        return int(rows), int(bad)
+
+    def quarantine_reader(self, key: str, *, table: str, run_id: str) -> pa.RecordBatchReader:
+        """The rejects of a validated source, shaped as the quarantine table's rows."""
+        from headrace.lake.quarantine import select_sql
+
+        view, plan, headers = self._validated[key]
+        rejects = f"__hr_rejects_{self._uid}_{key}"
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(rejects)} AS {plan.quarantine_sql(quote_ident(view))}")
+        return self.con.sql(select_sql(quote_ident(rejects), table=table, run_id=run_id, headers=headers)).arrow()
 
     def read_table(self, key: str, dataset: Any) -> None:
         hidden = f"__hr_ds_{self._uid}_{key}"

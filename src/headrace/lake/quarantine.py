@@ -7,6 +7,7 @@ input batch (a Delta app transaction), so re-running a batch never duplicates it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -24,6 +25,7 @@ SCHEMA = pa.schema([
     ("source_file", pa.string()),
     ("source_line", pa.int64()),
     ("raw_record", pa.string()),
+    ("source_header", pa.string()),
     ("errors", pa.list_(VIOLATION)),
     ("quarantined_at", pa.timestamp("us", tz="UTC")),
 ])
@@ -76,16 +78,20 @@ def append_quarantine(
     return QuarantineWrite(DeltaTable(str(path)).version(), count)
 
 
-def select_sql(relation: str, *, table: str, run_id: str) -> str:
+def select_sql(relation: str, *, table: str, run_id: str, headers: Mapping[str, str | None]) -> str:
     """SQL shaping a relation of rejects (``__hr_file, __hr_line, __hr_raw, __hr_violations``)
-    into :data:`SCHEMA`, so the rows go from the engine to Delta as Arrow without Python loops."""
+    into :data:`SCHEMA`, so the rows go from the engine to Delta as Arrow without Python loops.
+    ``headers`` maps a CSV file to its header line: a CSV record can only be re-read (replay)
+    together with the header it was written under."""
     def lit(value: str) -> str:
         return "'" + value.replace("'", "''") + "'"
 
+    cases = " ".join(f"WHEN __hr_file = {lit(f)} THEN {lit(h)}" for f, h in headers.items() if h is not None)
+    header = f"CASE {cases} ELSE NULL END" if cases else "CAST(NULL AS VARCHAR)"
     return (
         f"SELECT {lit(run_id)} AS run_id, {lit(table)} AS table_name, "
         "CAST(__hr_file AS VARCHAR) AS source_file, CAST(__hr_line AS BIGINT) AS source_line, "
-        "CAST(__hr_raw AS VARCHAR) AS raw_record, "
+        f"CAST(__hr_raw AS VARCHAR) AS raw_record, {header} AS source_header, "
         "CAST(__hr_violations AS STRUCT(\"column\" VARCHAR, \"rule\" VARCHAR, \"message\" VARCHAR)[]) AS errors, "
         "CAST(now() AS TIMESTAMPTZ) AS quarantined_at "
         f"FROM {relation}"

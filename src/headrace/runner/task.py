@@ -7,14 +7,17 @@ consumed (batch id, fingerprint) is written in the same Delta commit as the data
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headrace.engines.base import Engine, StageTarget
-from headrace.errors import SourceError
+from headrace.errors import DataQualityError, SourceError
 from headrace.lake.catalog import Lake, Snapshot
+from headrace.lake.quarantine import append_quarantine
 from headrace.lake.writer import (
     PublishRequest,
     PublishResult,
@@ -22,6 +25,7 @@ from headrace.lake.writer import (
     append_app_id,
     publish,
 )
+from headrace.quality.contracts import check_outcome
 from headrace.runner import audit
 from headrace.sources.batches import InputBatch, combine
 from headrace.sources.files import list_files
@@ -77,6 +81,7 @@ class TableTask:
         self.store = store
         self.known_tables = known_tables
         self.force = force
+        self._workdirs: list[Path] = []
 
     def resolve_inputs(self) -> ResolvedInputs:
         """Pin every input: file sets with content digests, upstream tables at a version."""
@@ -184,9 +189,13 @@ class TableTask:
         session = self.engine.session()
         try:
             counts: list[int | None] = []
+            quarantined = dropped = None
             for key, batch in inputs.batches.items():
                 item = self.spec.inputs[key]
-                if isinstance(item, FileSource):
+                if isinstance(item, FileSource) and self.spec.validates_source:
+                    rows, quarantined, dropped = self._validate_source(session, key, item, batch, inputs.batch_id)
+                    counts.append(rows)
+                elif isinstance(item, FileSource):
                     counts.append(session.read_source(key, item, batch, source_name=self._source_name(key, item)))
                 else:
                     snap = inputs.snapshots[key]
@@ -222,7 +231,49 @@ class TableTask:
             )
         finally:
             session.close()
+            for workdir in self._workdirs:
+                shutil.rmtree(workdir, ignore_errors=True)
+            self._workdirs.clear()
         if result.skipped:
-            return TaskResult("unchanged", rows_in, staged.rows, None, result.operation, result.skipped)
+            return TaskResult("unchanged", rows_in, staged.rows, None, result.operation, result.skipped,
+                              quarantined, dropped)
         return TaskResult("success", rows_in, staged.rows, result.version, result.operation,
-                          audit.summary(checks))
+                          audit.summary(checks), quarantined, dropped)
+
+    def _validate_source(self, session: Any, key: str, item: FileSource, batch: InputBatch,
+                         batch_id: str) -> tuple[int, int | None, int | None]:
+        """Validate a source against the table's contract; keep the rejects in quarantine.
+
+        The quarantine is written even when the ratio breaker stops the table: rejected
+        records are evidence about the input, and losing them would lose data.
+        """
+        contract = self.spec.contract
+        name = self._source_name(key, item)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=self._tmp_root()))
+        self._workdirs.append(workdir)
+        rows, bad = session.read_validated_source(key, item, batch, contract, source_name=name, workdir=workdir)
+        try:
+            outcome = check_outcome(contract, rows, bad, source=name)
+        except DataQualityError as exc:
+            if contract.on_violation == "quarantine":
+                self._quarantine(session, key, batch_id, bad)
+            raise DataQualityError(f"table {self.spec.name!r}: {exc.message}; nothing was published",
+                                   hint=exc.hint, table=self.spec.name) from None
+        if outcome.action == "quarantine":
+            self._quarantine(session, key, batch_id, bad)
+            return rows, bad, 0
+        if outcome.action == "drop":
+            return rows, 0, bad
+        return rows, 0, 0
+
+    def _quarantine(self, session: Any, key: str, batch_id: str, count: int) -> None:
+        if count:
+            append_quarantine(
+                self.lake, table=self.spec.name, run_id=self.run_id, batch_id=batch_id,
+                rows=session.quarantine_reader(key, table=self.spec.name, run_id=self.run_id), count=count,
+            )
+
+    def _tmp_root(self) -> Path:
+        root = self.root / ".headrace" / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
