@@ -17,6 +17,9 @@ demo: $(STAMP)
 	$(BIN)/python $(DEMO)/generate.py --out $(DEMO)/data
 	$(BIN)/headrace --project $(DEMO) run
 	$(BIN)/headrace --project $(DEMO) query "select * from gold.daily_revenue order by order_date desc, revenue desc" --limit 10
+	@echo "Records that broke the orders contract are kept, with every reason:"
+	$(BIN)/headrace --project $(DEMO) quarantine bronze.orders --limit 5
+	$(BIN)/headrace --project $(DEMO) checks
 	@echo "Re-running: every table is already up to date, so nothing is rewritten."
 	$(BIN)/headrace --project $(DEMO) run
 	$(BIN)/headrace --project $(DEMO) runs --limit 5

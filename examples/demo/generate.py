@@ -51,8 +51,27 @@ def write_customers(path: Path, rng: random.Random, n: int) -> None:
                         rng.choice(["consumer", "consumer", "consumer", "business"])])
 
 
+def _corrupt(line: str, rng: random.Random, order_id: int) -> str:
+    """The kinds of bad records real feeds carry; each must end up in quarantine with its reason."""
+    record = json.loads(line)
+    kind = rng.choice(["truncated", "bad_amount", "negative_qty", "bad_channel", "duplicate", "bad_ts"])
+    if kind == "truncated":
+        return line[: len(line) // 2]
+    if kind == "bad_amount":
+        record["amount"] = "12,50"
+    elif kind == "negative_qty":
+        record["quantity"] = -record["quantity"]
+    elif kind == "bad_channel":
+        record["channel"] = "fax"
+    elif kind == "duplicate":
+        record["order_id"] = max(1, order_id - 1)
+    else:
+        record["order_ts"] = "yesterday"
+    return json.dumps(record)
+
+
 def write_orders(folder: Path, rng: random.Random, start: date, days: int, per_day: int,
-                 customers: int, product_table: pa.Table) -> int:
+                 customers: int, product_table: pa.Table, bad_ratio: float = 0.005) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     prices = dict(zip(product_table["product_id"].to_pylist(), product_table["unit_price"].to_pylist(), strict=True))
     product_ids = list(prices)
@@ -65,7 +84,7 @@ def write_orders(folder: Path, rng: random.Random, start: date, days: int, per_d
                 pid = rng.choice(product_ids)
                 qty = rng.choice([1, 1, 1, 2, 2, 3, 5])
                 ts = datetime(d.year, d.month, d.day, rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59))
-                fh.write(json.dumps({
+                line = json.dumps({
                     "order_id": order_id,
                     "customer_id": rng.randint(1, customers),
                     "product_id": pid,
@@ -74,7 +93,10 @@ def write_orders(folder: Path, rng: random.Random, start: date, days: int, per_d
                     "currency": "EUR",
                     "order_ts": ts.isoformat(),
                     "channel": rng.choice(["web", "web", "app", "store"]),
-                }) + "\n")
+                })
+                if rng.random() < bad_ratio:
+                    line = _corrupt(line, rng, order_id)
+                fh.write(line + "\n")
     return order_id
 
 
@@ -98,6 +120,7 @@ def main() -> None:
     parser.add_argument("--orders-per-day", type=int, default=4000)
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bad-ratio", type=float, default=0.005, help="share of corrupted order records")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +129,7 @@ def main() -> None:
     write_customers(args.out / "customers.csv", rng, args.customers)
     start = date(2026, 11, 1)
     last_order = write_orders(args.out / "orders", rng, start, args.days, args.orders_per_day,
-                              args.customers, product_table)
+                              args.customers, product_table, args.bad_ratio)
     write_returns(args.out / "returns", rng, start, args.days, last_order)
     print(f"generated {last_order:,} orders over {args.days} days, {args.customers:,} customers, "
           f"{product_table.num_rows} products into {args.out}")

@@ -8,13 +8,42 @@ products_raw = hr.files("data/products.parquet", format="parquet")
 returns_raw = hr.files("data/returns/*.csv", format="csv")
 
 
-@hr.table("bronze.orders", source=orders_raw, write="overwrite_partitions", partition_by="order_date")
+ORDER_CONTRACT = hr.Contract(
+    {
+        "order_id": hr.Int64(key=True),
+        "customer_id": hr.Int64(nullable=False),
+        "product_id": hr.Int64(nullable=False),
+        "quantity": hr.Int32(min=1),
+        "amount": hr.Decimal(12, 2, min=0),
+        "currency": hr.String(accepted=["EUR"]),
+        "order_ts": hr.Timestamp(nullable=False),
+        "channel": hr.String(accepted=["web", "app", "store"]),
+    },
+    on_violation="quarantine",
+    max_quarantine_ratio=0.05,  # more than 5% bad records means the feed changed: stop
+)
+
+
+@hr.table(
+    "bronze.orders",
+    source=orders_raw,
+    write="overwrite_partitions",
+    partition_by="order_date",
+    contract=ORDER_CONTRACT,
+    checks=[
+        hr.check.relationships("customer_id", to="bronze.customers"),
+        hr.check.relationships("product_id", to="bronze.products"),
+        hr.check.row_count(min=1),
+    ],
+)
 def orders(raw):
-    """Orders by day: a day's files re-run replace exactly that day's partition."""
-    return raw.select("*, CAST(order_ts AS TIMESTAMP) AS order_ts_parsed, CAST(order_ts AS DATE) AS order_date")
+    """Orders by day: a day's files re-run replace exactly that day's partition. Records that
+    break the contract go to bronze.orders__quarantine with every reason."""
+    return raw.select("*, order_ts AS order_ts_parsed, CAST(order_ts AS DATE) AS order_date")
 
 
-@hr.table("bronze.customers", source=customers_raw, write="merge", keys=["customer_id"])
+@hr.table("bronze.customers", source=customers_raw, write="merge", keys=["customer_id"],
+          checks=[hr.check.unique("customer_id"), hr.check.regex("email", r"[^@]+@[^@]+\.[a-z]+")])
 def customers(raw):
     """Customers upserted by id, so a new customer extract updates rows in place."""
     return raw

@@ -40,11 +40,13 @@ def show_checks(ws: Workspace, table: str | None, *, history: bool, limit: int, 
     for r in records:
         ratio = "" if r.ratio is None else f"{r.ratio:.2%}"
         sample = ", ".join(str(s) for s in r.sample[:3])
-        rows.append([r.table, r.name, r.severity, _status(r.passed, r.severity), fmt_int(r.failing),
-                     fmt_int(r.total), ratio, r.run_id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                     r.message or sample])
-    out.print(simple_table(None, ["table", "check", "severity", "result", "failing", "rows", "ratio",
-                                  "run", "time (UTC)", "detail"], rows))
+        detail = r.message if r.passed else f"{r.message} {sample}".strip()
+        when = [r.run_id, r.created_at.strftime("%Y-%m-%d %H:%M:%S")] if history else []
+        rows.append([r.table, r.name, _status(r.passed, r.severity), fmt_int(r.failing),
+                     fmt_int(r.total), ratio, *when, detail])
+    when_cols = ["run", "time (UTC)"] if history else []
+    out.print(simple_table(None, ["table", "check", "result", "failing", "rows", "ratio", *when_cols,
+                                  "detail"], rows))
 
 
 def show_quarantine(ws: Workspace, table: str, *, limit: int, as_json: bool) -> None:
@@ -80,9 +82,11 @@ def show_quarantine(ws: Workspace, table: str, *, limit: int, as_json: bool) -> 
     out.print(simple_table("by rule", ["column", "rule", "records"],
                            [[c or "(record)", r, fmt_int(n)] for c, r, n in by_rule]))
     rows = []
+    root = f"{ws.config.root}/"
     for f, ln, raw, errs, _run in sample:
         reasons = "; ".join(f"{e['column'] or '(record)'}: {e['message']}" for e in errs or [])
-        rows.append([f"{f}:{ln}", (raw or "")[:80], reasons])
+        text = raw or ""
+        rows.append([f"{str(f).replace(root, '')}:{ln}", text if len(text) <= 48 else text[:47] + "…", reasons])
     out.print(simple_table("sample", ["source", "record", "why"], rows))
 
 

@@ -3,6 +3,11 @@ write = "overwrite_partitions"
 partition_by = ["order_date"]
 description = "Net revenue per day, country and category"
 tags = ["daily"]
+checks = [
+  {row_count = {min = 1}},
+  {expression = "revenue <= gross_revenue", name = "net_not_above_gross"},
+  {not_null = ["country"], severity = "warn"},
+]
 */
 select order_date,
        country,
