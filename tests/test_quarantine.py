@@ -173,3 +173,28 @@ select * from source('src')
     t = result.tasks[0]
     assert (t.rows_in, t.rows_quarantined) == (7, 3)  # truncated line + the duplicated key 4 twice
     assert DeltaTable(str(root / "lake/bronze/o__quarantine")).version() == 0
+
+
+def test_contract_on_a_table_fed_by_tables_checks_its_result(make_project):
+    pipe_text = '''
+import headrace as hr
+src = hr.files("data/a.csv", format="csv")
+
+@hr.table("bronze.raw", source=src)
+def raw(r):
+    return r
+
+@hr.table("silver.clean", inputs={"r": "bronze.raw"},
+          contract=hr.Contract({"id": hr.Int64(key=True), "score": hr.Float64(min=0, max=1)}))
+def clean(r):
+    return "select id, score / 100.0 as score from r"
+'''
+    root = make_project({"pipelines/p.py": pipe_text, "data/a.csv": "id,score\n1,50\n2,150\n3,70\n3,80\n"})
+    result = run_project(root)
+    assert result.status == "success", [t.error for t in result.tasks]
+    t = {x.table: x for x in result.tasks}["silver.clean"]
+    assert (t.rows_in, t.rows_quarantined, t.rows_out) == (4, 3, 1)
+    assert [r["id"] for r in read_table(root, "silver.clean")] == [1]
+    q = sorted(read_table(root, "silver.clean__quarantine"), key=lambda r: r["raw_record"])
+    assert [json.loads(r["raw_record"])["id"] for r in q] == [2, 3, 3]
+    assert [e["rule"] for e in q[0]["errors"]] == ["max"]

@@ -206,6 +206,45 @@ class DuckDBSession:
         rows, bad = self.con.execute(plan.counts_sql(quote_ident(view))).fetchall()[0]
         return int(rows), int(bad)
 
+    def validate_result(
+        self, spec: TableSpec, result: duckdb.DuckDBPyRelation, contract: Any, *, workdir: Path
+    ) -> tuple[duckdb.DuckDBPyRelation, int, int]:
+        """Validate a transform's result against the table's contract (tables that read other
+        tables): each row as text, so the same rules and quarantine apply as for a source.
+        Returns the good rows (typed), the row count and the count of rows breaking a rule."""
+        from headrace.quality.contracts import plan_validation
+
+        hidden = f"__hr_out_{self._uid}"
+        result.create_view(hidden, replace=True)
+        fields = list(result.columns)
+        texts = []
+        for name, kind in zip(fields, result.types, strict=True):
+            nested = any(mark in str(kind) for mark in ("[]", "STRUCT(", "MAP("))
+            expr = f"to_json({quote_ident(name)})" if nested else quote_ident(name)
+            texts.append(f"CAST({expr} AS VARCHAR) AS {quote_ident(name)}")
+        raw = (
+            f"SELECT {sql_string(spec.name)} AS __hr_file, CAST(row_number() OVER () AS BIGINT) AS __hr_line, "
+            f"CAST(to_json(t) AS VARCHAR) AS __hr_raw, CAST(NULL AS VARCHAR) AS __hr_error, {', '.join(texts)} "
+            f"FROM {quote_ident(hidden)} AS t"
+        )
+        plan = plan_validation(contract, f"({raw})", fields)
+        validated = workdir / "validated-result"
+        try:
+            self.con.execute(
+                f"COPY ({plan.sql}) TO {sql_string(str(validated))} "
+                "(FORMAT parquet, COMPRESSION zstd, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
+            )
+        except duckdb.Error as exc:
+            raise self._classify(exc, spec, f"table {spec.name!r} ({spec.origin})") from exc
+        view = f"__hr_validated_{self._uid}_result"
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS SELECT * FROM "
+            f"read_parquet({sql_string(str(validated / '*.parquet'))})"
+        )
+        self._validated["__result__"] = (view, plan, {})
+        rows, bad = self.con.execute(plan.counts_sql(quote_ident(view))).fetchall()[0]
+        return self.con.sql(plan.good_sql(quote_ident(view))), int(rows), int(bad)
+
     def quarantine_reader(self, key: str, *, table: str, run_id: str) -> pa.RecordBatchReader:
         """The rejects of a validated source, shaped as the quarantine table's rows."""
         from headrace.lake.quarantine import select_sql

@@ -204,6 +204,9 @@ class TableTask:
             rows_in = None if None in counts else sum(c or 0 for c in counts)
             ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root)
             relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
+            if self.spec.contract is not None and not self.spec.validates_source:
+                relation, rows_in, quarantined, dropped = self._validate_result(
+                    session, relation, inputs.batch_id)
             relation = self._conform(session, relation)
             audit.validate(self.spec, session.describe(self.spec, relation), self.known_tables)
             staged = session.stage(self.spec, relation, self._target())
@@ -265,6 +268,26 @@ class TableTask:
         if outcome.action == "drop":
             return rows, 0, bad
         return rows, 0, 0
+
+    def _validate_result(self, session: Any, relation: Any, batch_id: str) -> tuple[Any, int, int, int]:
+        """A contract on a table fed by other tables checks the result before publishing."""
+        contract = self.spec.contract
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=self._tmp_root()))
+        self._workdirs.append(workdir)
+        good, rows, bad = session.validate_result(self.spec, relation, contract, workdir=workdir)
+        try:
+            outcome = check_outcome(contract, rows, bad, source=f"{self.spec.name} result")
+        except DataQualityError as exc:
+            if contract.on_violation == "quarantine":
+                self._quarantine(session, "__result__", batch_id, bad)
+            raise DataQualityError(f"table {self.spec.name!r}: {exc.message}; nothing was published",
+                                   hint=exc.hint, table=self.spec.name) from None
+        if outcome.action == "quarantine":
+            self._quarantine(session, "__result__", batch_id, bad)
+            return good, rows, bad, 0
+        if outcome.action == "drop":
+            return good, rows, 0, bad
+        return good, rows, 0, 0
 
     def _quarantine(self, session: Any, key: str, batch_id: str, count: int) -> None:
         if count:
