@@ -438,7 +438,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # switching a fresh file to WAL needs an exclusive lock and SQLite does not always run
+        # the busy handler for it: when another process is creating the same file, wait here
+        deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                break
+            except Exception as exc:  # sqlite3.OperationalError: database is locked
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
