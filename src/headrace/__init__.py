@@ -46,7 +46,7 @@ from headrace.spec.contracts import (
 )
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec, ref
-from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions
+from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions, Scd2
 
 __version__ = "0.1.0"
 
@@ -73,6 +73,7 @@ __all__ = [
     "Overwrite",
     "OverwritePartitions",
     "RunContext",
+    "Scd2",
     "SourceError",
     "String",
     "Struct",

@@ -19,6 +19,16 @@ from headrace.spec.sources import SourceSpec
 from headrace.spec.tables import TableSpec
 
 
+def delta_schema(schema: pa.Schema) -> pa.Schema:
+    """Delta's ``timestamp`` is UTC: DuckDB labels TIMESTAMPTZ with the session's zone name
+    (``Etc/UTC``), which deltalake refuses; the values are UTC instants either way."""
+    fields = [
+        f.with_type(pa.timestamp(f.type.unit, tz="UTC")) if pa.types.is_timestamp(f.type) and f.type.tz else f
+        for f in schema
+    ]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
 @dataclass(frozen=True)
 class StageTarget:
     """Where and how to write a result's Parquet files: inside the table's folder, where they
@@ -88,6 +98,16 @@ class EngineSession(Protocol):
 
     def staged_reader(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
         """Stream the staged rows, partition columns included (``where`` over alias ``s``)."""
+
+    # ---- for write modes that compute their changes in the engine (scd2) ----------------
+    def bind_staged(self, staged: StagedResult, name: str) -> None:
+        """Expose the staged rows (partition columns included) as the relation ``name``."""
+
+    def run_sql(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run engine SQL over the session's relations; return its (small) result."""
+
+    def write_query(self, sql: str, target: StageTarget) -> StagedResult:
+        """Write a query's rows as Parquet files under ``target``, like :meth:`stage`."""
 
     def close(self) -> None: ...
 

@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from headrace.engines.base import StagedFile, StagedResult, StageTarget
+from headrace.engines.base import StagedFile, StagedResult, StageTarget, delta_schema
 from headrace.errors import DefinitionError, EngineError, SourceError, TransformError
 from headrace.sources.batches import InputBatch
 from headrace.sources.files import quote_ident, reader_sql, sql_string
@@ -169,42 +169,31 @@ class DuckDBSession:
         self, key: str, spec: SourceSpec, batch: InputBatch, contract: Any, *, source_name: str,
         workdir: Path,
     ) -> tuple[int, int]:
-        """Read every record (malformed ones included), validate it against the contract in one
-        pass, and keep the result as Parquet in ``workdir`` (bounded memory). Binds ``key`` to
-        the good, typed rows; the rejects stay available to :meth:`quarantine_sql`.
+        """Read every record (malformed ones included), validate it against the contract, and
+        keep the result as Parquet in ``workdir`` (bounded memory): one parallel pass over the
+        input, then the rejects alone re-read with their line numbers (see
+        :func:`headrace.quality.contracts.store_validated`). Binds ``key`` to the good, typed
+        rows; the rejects stay available to :meth:`quarantine_reader`.
         Returns ``(records read, records violating the contract)``."""
-        from headrace.quality.contracts import open_raw_reader, plan_validation
+        from headrace.quality.contracts import store_validated
 
         files = [e.path for e in batch.files]
         self._sources[key] = (spec, files, source_name)
-        validated = workdir / f"validated-{key}"
         try:
-            with open_raw_reader(self.con, spec, files, contract=contract, workdir=workdir) as raw:
-                dups = f"__hr_dups_{self._uid}_{key}" if contract.keys else None
-                plan = plan_validation(contract, f"({raw.sql})", raw.fields,
-                                       duplicates=quote_ident(dups) if dups else None)
-                if dups:
-                    keys_sql = f"({raw.sql_for(plan.key_fields)})"
-                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(dups)} AS {plan.duplicates_sql(keys_sql)}")
-                self.con.execute(
-                    f"COPY ({plan.sql}) TO {sql_string(str(validated))} "
-                    "(FORMAT parquet, COMPRESSION zstd, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
-                )
-                headers = {str(p.path): p.header for p in raw.layout.probes} if spec.format == "csv" else {}
+            stored = store_validated(
+                self.con, spec, files, contract, directory=workdir / f"validated-{key}",
+                name=f"__hr_{self._uid}_{key}",
+            )
         except duckdb.Error as exc:
             raise SourceError(
                 f"source {source_name!r}: cannot read {spec.describe()}: {_first_lines(exc)}",
                 hint="check the file format and options",
             ) from exc
         view = f"__hr_validated_{self._uid}_{key}"
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS SELECT * FROM "
-            f"read_parquet({sql_string(str(validated / '*.parquet'))})"
-        )
-        self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {plan.good_sql(quote_ident(view))}")
-        self._validated[key] = (view, plan, headers)
-        rows, bad = self.con.execute(plan.counts_sql(quote_ident(view))).fetchall()[0]
-        return int(rows), int(bad)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS {stored.rejects}")
+        self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {stored.good_sql()}")
+        self._validated[key] = (view, stored, dict(stored.headers))
+        return stored.rows, stored.quarantined
 
     def validate_result(
         self, spec: TableSpec, result: duckdb.DuckDBPyRelation, contract: Any, *, workdir: Path
@@ -376,7 +365,7 @@ class DuckDBSession:
         try:
             result.create_view(hidden, replace=True)
             query = f"SELECT {select} FROM {quote_ident(hidden)}"
-            schema = self.con.sql(f"{query} LIMIT 0").to_arrow_table().schema
+            schema = delta_schema(self.con.sql(f"{query} LIMIT 0").to_arrow_table().schema)
             rows = self.con.execute(
                 f"COPY ({query}) TO {sql_string(str(target.directory))} ({_copy_options(target)})"
             ).fetchall()
@@ -470,6 +459,38 @@ class DuckDBSession:
         sql = f"SELECT * FROM {view} AS s" + (f" WHERE {where}" if where else "")
         return self.con.sql(sql).arrow()
 
+    # ---- engine-side write modes (scd2) -----------------------------------------------
+    def bind_staged(self, staged: StagedResult, name: str) -> None:
+        """A temp view ``name`` over the staged files, typed like :meth:`staged_rows` sees them."""
+        view = self._staged_view(staged)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {view}")
+
+    def run_sql(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self.con.execute(sql).fetchall()]
+        except duckdb.Error as exc:
+            raise EngineError(f"DuckDB: {_first_lines(exc, 3)}") from exc
+
+    def write_query(self, sql: str, target: StageTarget) -> StagedResult:
+        """COPY the query's rows into Parquet files under ``target`` with the options and Delta
+        statistics of :meth:`stage`; on failure, the files this COPY wrote are deleted."""
+        target.directory.mkdir(parents=True, exist_ok=True)
+        before = set(target.directory.rglob("part-*.parquet"))
+        try:
+            schema = self.con.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table().schema
+            rows = self.con.execute(
+                f"COPY ({sql}) TO {sql_string(str(target.directory))} ({_copy_options(target)})"
+            ).fetchall()
+        except BaseException as exc:
+            for path in set(target.directory.rglob("part-*.parquet")) - before:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, duckdb.Error):
+                raise EngineError(f"DuckDB: {_first_lines(exc, 3)}") from exc
+            raise
+        files = _staged_files(rows, target, schema)
+        return StagedResult(files=files, rows=sum(f.rows for f in files), schema=schema,
+                            partition_by=target.partition_by)
+
     def close(self) -> None:
         self.con.close()
 
@@ -560,16 +581,31 @@ def _delta_stats(
     return json.dumps(stats, separators=(",", ":"))
 
 
-def _duck_type(kind: pa.DataType) -> str:
-    """The DuckDB type for an Arrow type, for typing partition values read back from paths."""
-    import duckdb as _duckdb
+_SIMPLE_DUCK_TYPES: dict[str, str] = {
+    "bool": "BOOLEAN", "int8": "TINYINT", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
+    "uint8": "UTINYINT", "uint16": "USMALLINT", "uint32": "UINTEGER", "uint64": "UBIGINT",
+    "float": "FLOAT", "double": "DOUBLE", "string": "VARCHAR", "large_string": "VARCHAR",
+    "string_view": "VARCHAR", "date32[day]": "DATE", "binary": "BLOB", "large_binary": "BLOB",
+}
 
-    probe = _duckdb.connect()
+
+def _duck_type(kind: pa.DataType) -> str:
+    """The DuckDB type for an Arrow type (partition values read back from paths, NULL columns
+    added to fit a table). Common types from a table; others by asking DuckDB once."""
+    simple = _SIMPLE_DUCK_TYPES.get(str(kind))
+    if simple:
+        return simple
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMPTZ" if kind.tz else "TIMESTAMP"
+    if pa.types.is_decimal(kind):
+        return f"DECIMAL({kind.precision},{kind.scale})"
+    probe = duckdb.connect()
     try:
         empty = pa.table({"x": pa.array([], type=kind)})
         return str(probe.from_arrow(empty).types[0])
     finally:
         probe.close()
+
 
 
 def _remove_partial_files(directory: Path, since: float) -> None:

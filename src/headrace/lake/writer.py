@@ -32,7 +32,7 @@ from headrace.errors import DataQualityError, EngineError, TransientError
 from headrace.lake.catalog import META_PREFIX, Lake
 from headrace.sources.files import quote_ident
 from headrace.spec.tables import TableSpec
-from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions
+from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions, Scd2
 
 _COMPRESSION = {"zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "lz4": "LZ4_RAW", "none": "UNCOMPRESSED"}
 
@@ -84,6 +84,10 @@ def publish(lake: Lake, req: PublishRequest) -> PublishResult:
             result = _overwrite_partitions(lake, req)
         elif isinstance(mode, Merge):
             result = _merge(lake, req, mode)
+        elif isinstance(mode, Scd2):
+            from headrace.lake.scd2 import publish_scd2  # imports this module
+
+            result = publish_scd2(lake, req, mode)
         else:
             raise EngineError(f"table {name!r}: unsupported write mode {mode!r}")
         committed = result.kept_files

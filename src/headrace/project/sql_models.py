@@ -36,6 +36,10 @@ HEADER_KEYS: tuple[str, ...] = (
     "partition_by",
     "keys",
     "delete_when",
+    "key",
+    "track",
+    "updated_at",
+    "deletes",
     "retries",
     "description",
     "tags",
@@ -333,6 +337,15 @@ def _write_mode(header: _Header, path: Path) -> Any:
         options["keys"] = _string_list(header, path, "keys")
     if "delete_when" in header.values:
         options["delete_when"] = _optional(header, path, "delete_when", str)
+    # scd2: key = ["id"], track = "all" | ["a", "b"], updated_at = "ts", deletes = "close" | "ignore"
+    if "key" in header.values:
+        options["key"] = _string_list(header, path, "key")
+    if "track" in header.values:
+        track = header.values["track"]
+        options["track"] = track if track == "all" else _string_list(header, path, "track")
+    for name in ("updated_at", "deletes"):
+        if name in header.values:
+            options[name] = _optional(header, path, name, str)
     line = _key_line(header, "write") if "write" in header.values else header.first_line
     return write_mode_from_config(mode, options or None, where=f"{path}:{line}: ")
 

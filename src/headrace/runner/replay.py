@@ -26,7 +26,7 @@ from headrace.runner.executor import Runner, RunOptions
 from headrace.sources.files import sql_string
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableSpec
-from headrace.spec.write_modes import Append, Merge
+from headrace.spec.write_modes import Append, Merge, Scd2
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,12 @@ def _publish(ws: Any, spec: TableSpec, key: str, source: FileSource, files: list
              listener: Listener | None) -> RunResult:
     pattern = str(files[0].parent / ("*.ndjson" if source.format != "csv" else "*.csv"))
     replay_source = replace(source, path=pattern, name=f"{spec.name} quarantine replay")
-    write = spec.write if isinstance(spec.write, Merge) else Append()
+    if isinstance(spec.write, Scd2):
+        write: Any = replace(spec.write, deletes="ignore")  # a replay is not a full snapshot
+    elif isinstance(spec.write, Merge):
+        write = spec.write
+    else:
+        write = Append()
     contract = replace(spec.contract, on_violation="fail", max_quarantine_ratio=None)
     replay_spec = replace(spec, inputs={key: replay_source}, write=write, contract=contract)
     engine = ws.engine()

@@ -32,7 +32,9 @@ from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec
-from headrace.spec.write_modes import Append, Overwrite
+from headrace.spec.write_modes import Append, Overwrite, Scd2
+
+SCD2_COLUMNS = frozenset({"valid_from", "valid_to", "is_current", "row_hash"})
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,15 @@ class TableTask:
     def _conform(self, session: Any, relation: Any) -> Any:
         """Fit the result to the existing table unless this run replaces the table whole."""
         policy = self.spec.effective_schema_policy
-        if isinstance(self.spec.write, Overwrite) or policy == "freeze" or not self.lake.exists(self.spec.name):
-            return relation
+        scd2 = isinstance(self.spec.write, Scd2)
+        if (isinstance(self.spec.write, Overwrite) or policy == "freeze" or (scd2 and policy != "discard")
+                or not self.lake.exists(self.spec.name)):
+            return relation  # scd2 checks its columns itself; only 'discard' is applied here
         import pyarrow as pa
 
         schema = pa.schema(self.lake.open(self.spec.name).schema().to_arrow())
+        if scd2:  # the history columns are the table's own, never the input's
+            schema = pa.schema([f for f in schema if f.name not in SCD2_COLUMNS])
         return session.conform(relation, schema, drop_extra=policy == "discard")
 
     def _target(self) -> StageTarget:

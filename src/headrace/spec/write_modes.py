@@ -63,13 +63,114 @@ class Merge:
             )
 
 
-WriteMode = Append | Overwrite | OverwritePartitions | Merge
+SCD2_COLUMNS: tuple[str, ...] = ("valid_from", "valid_to", "is_current", "row_hash")
+"""The columns an SCD2 table adds to its input columns, in this order."""
+
+SCD2_DELETES: tuple[str, ...] = ("close", "ignore")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scd2:
+    """Slowly changing dimension, type 2: every change of a key's tracked columns is kept as
+    a version with ``valid_from``/``valid_to`` (NULL while current), ``is_current`` and
+    ``row_hash`` (the hash of the tracked columns).
+
+    Each run's result is a snapshot of the dimension. A new key gets a current version; a key
+    whose tracked columns changed gets its current version closed and a new one; a key absent
+    from the snapshot is closed (``deletes="close"``) or kept (``deletes="ignore"``, for
+    incremental feeds). ``track`` lists the columns whose changes make a version (``"all"``:
+    every column but the key and ``updated_at``). ``updated_at`` names the column giving each
+    row's version time (late rows are placed into history); without it a version starts at the
+    run's time. Example: ``Scd2(key=["customer_id"], track=["email", "city"])``.
+    """
+
+    kind: ClassVar[str] = "scd2"
+    key: tuple[str, ...] = field(default=())
+    track: tuple[str, ...] | str = "all"
+    updated_at: str | None = None
+    deletes: str = "close"
+
+    def __post_init__(self) -> None:
+        key = _names(self.key, "key", 'Scd2(key=["customer_id"]) or, in a model header, key = ["customer_id"]')
+        if not key:
+            raise DefinitionError(
+                "scd2 needs at least one key column",
+                hint='write Scd2(key=["customer_id"]) or, in a model header, key = ["customer_id"]',
+            )
+        object.__setattr__(self, "key", key)
+        track: tuple[str, ...] | str
+        if isinstance(self.track, str) and self.track == "all":
+            track = "all"
+        else:
+            track = _names(self.track, "track", 'track = "all" or track = ["email", "city"]')
+            if not track:
+                raise DefinitionError(
+                    "scd2 track is empty",
+                    hint='track = "all" versions every change; or list the columns, e.g. track = ["email"]',
+                )
+        object.__setattr__(self, "track", track)
+        if self.updated_at is not None and (not isinstance(self.updated_at, str) or not self.updated_at):
+            raise DefinitionError(
+                f"scd2 updated_at must be a column name, got {self.updated_at!r}",
+                hint='e.g. updated_at = "updated_at"; leave it out to version at the run\'s time',
+            )
+        if self.deletes not in SCD2_DELETES:
+            raise DefinitionError(
+                f"scd2 deletes must be one of {', '.join(SCD2_DELETES)}, got {self.deletes!r}",
+                hint="'close' ends the version of a key missing from the snapshot; 'ignore' keeps it "
+                     "(for feeds that carry only changed rows)",
+            )
+        named = [*key, *(track if isinstance(track, tuple) else ()), *([self.updated_at] if self.updated_at else [])]
+        reserved = sorted({n for n in named if n in SCD2_COLUMNS})
+        if reserved:
+            raise DefinitionError(
+                f"scd2 columns {reserved} are written by headrace and cannot be key, track or updated_at",
+                hint=f"rename them in the transform; scd2 adds {', '.join(SCD2_COLUMNS)}",
+            )
+        if isinstance(track, tuple):
+            both = sorted(set(track) & set(key))
+            if both:
+                raise DefinitionError(
+                    f"scd2 key columns {both} are also in track",
+                    hint="the key identifies a row's versions and is never tracked; remove it from track",
+                )
+            if self.updated_at in track:
+                raise DefinitionError(
+                    f"scd2 updated_at column {self.updated_at!r} is also in track",
+                    hint="updated_at is the version's time, not a tracked value; remove it from track",
+                )
+        if self.updated_at in key:
+            raise DefinitionError(
+                f"scd2 updated_at column {self.updated_at!r} is also a key column",
+                hint="the key names the entity; updated_at gives each version's time",
+            )
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The key columns (the name other write modes use, for checks and samples)."""
+        return self.key
+
+
+def _names(value: Any, what: str, example: str) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    try:
+        names = tuple(items)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) and n for n in names):
+        raise DefinitionError(f"scd2 {what} must be a column name or a list of them, got {value!r}",
+                              hint=f"e.g. {example}")
+    return names
+
+
+WriteMode = Append | Overwrite | OverwritePartitions | Merge | Scd2
 
 _MODES: dict[str, Callable[..., WriteMode]] = {
     Append.kind: Append,
     Overwrite.kind: Overwrite,
     OverwritePartitions.kind: OverwritePartitions,
     Merge.kind: Merge,
+    Scd2.kind: Scd2,
 }
 
 
@@ -92,12 +193,19 @@ def write_mode_from_config(
             hint=f"valid write modes: {', '.join(write_mode_names())}",
         )
     opts = dict(options or {})
+    if name == Scd2.kind and "keys" in opts and "key" not in opts:
+        opts["key"] = opts.pop("keys")  # hr.table(keys=...) and a header's keys = [...] name the key
     if "keys" in opts and isinstance(opts["keys"], Sequence) and not isinstance(opts["keys"], str):
         opts["keys"] = tuple(opts["keys"])
     try:
         return factory(**opts)
+    except DefinitionError as exc:
+        if not where:
+            raise
+        raise DefinitionError(f"{where}{exc.message}", hint=exc.hint) from None
     except TypeError as exc:
         raise DefinitionError(
             f"{where}invalid options for write mode {name!r}: {sorted(opts)}",
-            hint="append/overwrite/overwrite_partitions take no options; merge takes keys and delete_when",
+            hint="append/overwrite/overwrite_partitions take no options; merge takes keys and delete_when; "
+                 "scd2 takes key, track, updated_at and deletes",
         ) from exc
