@@ -212,3 +212,17 @@ def test_every_mode_rerun_keeps_contents_and_version(make_project):
     assert {t.status for t in second.tasks} == {"unchanged"}
     for m in pipes:
         assert (table_version(root, f"m.{m}"), read_table(root, f"m.{m}", order_by="id")) == snap[m], m
+
+
+def test_full_refresh_rebuilds_an_append_table_once(make_project):
+    root = make_project({"pipelines/p.py": PIPE_APPEND, "data/events/a.csv": "id,v\n1,a\n2,b\n"})
+    assert run_project(root).status == "success"
+    write_files(root, {"data/events/b.csv": "id,v\n3,c\n"})
+    assert run_project(root).status == "success"
+    assert len(read_table(root, "bronze.events")) == 3
+    refreshed = run_project(root, full_refresh=True)
+    assert refreshed.status == "success" and refreshed.tasks[0].operation == "overwrite"
+    assert sorted(r["id"] for r in read_table(root, "bronze.events")) == [1, 2, 3]
+    # every file is recorded as appended by the refresh: the next run appends nothing
+    assert run_project(root).tasks[0].status == "unchanged"
+    assert len(read_table(root, "bronze.events")) == 3

@@ -131,7 +131,8 @@ def _append(lake: Lake, req: PublishRequest) -> PublishResult:
 
 def _overwrite(lake: Lake, req: PublishRequest) -> PublishResult:
     table = _open(lake, req)
-    version = _commit(lake, req, table, adds=_adds(req), mode="overwrite")
+    # a full refresh of an append table records every input file as appended, in this commit
+    version = _commit(lake, req, table, adds=_adds(req), mode="overwrite", app_ids=list(req.app_ids) or None)
     return PublishResult(version, "overwrite", req.staged.rows, kept_files=True)
 
 

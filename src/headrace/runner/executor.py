@@ -54,6 +54,7 @@ class RunOptions:
     lock_timeout: float = 600.0
     parent_run_id: str | None = None
     force: bool = False
+    full_refresh: bool = False
     project_name: str = "project"
     profile: str = ""
 
@@ -156,7 +157,8 @@ class Runner:
             policy = RetryPolicy(spec.retries, policy.backoff_seconds, policy.max_backoff_seconds)
         task = TableTask(spec=spec, root=self.root, lake=self.lake, engine=self.engine, run_id=run_id,
                          settings=self.settings, source_names=self.source_names, store=self.store,
-                         known_tables=set(self.tables), force=options.force)
+                         known_tables=set(self.tables), force=options.force,
+                         full_refresh=options.full_refresh)
         outcome.started_at = _now()
         outcome.status = "running"
         self._emit(run_id, outcome, started_at=outcome.started_at)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from headrace.engines.base import Engine, StageTarget
-from headrace.errors import DataQualityError, SourceError
+from headrace.errors import DataQualityError, DefinitionError, SourceError
 from headrace.lake.catalog import Lake, Snapshot
 from headrace.lake.quarantine import append_quarantine
 from headrace.lake.writer import (
@@ -72,6 +72,7 @@ class TableTask:
         store: Any = None,
         known_tables: Collection[str] = (),
         force: bool = False,
+        full_refresh: bool = False,
     ) -> None:
         self.spec = spec
         self.root = root
@@ -83,6 +84,7 @@ class TableTask:
         self.store = store
         self.known_tables = known_tables
         self.force = force
+        self.full_refresh = full_refresh
         self._workdirs: list[Path] = []
 
     def resolve_inputs(self) -> ResolvedInputs:
@@ -184,14 +186,33 @@ class TableTask:
     def run(self, attempt: int) -> TaskResult:
         inputs = self.resolve_inputs()
         app_ids: list[str] = []
+        if self.full_refresh:
+            return self._run(attempt, inputs, list(self.append_ids(inputs).values())
+                             if isinstance(self.spec.write, Append) else [])
         if isinstance(self.spec.write, Append):
             inputs, app_ids = self.pending_appends(inputs)
             if not app_ids:
                 return TaskResult("unchanged", None, None, None, "append", "every input batch is already appended")
-        fingerprint = self.fingerprint(inputs)
-        reason = None if app_ids else self.up_to_date(inputs, fingerprint)
+        reason = None if app_ids else self.up_to_date(inputs, self.fingerprint(inputs))
         if reason:
             return TaskResult("unchanged", None, None, None, None, reason)
+        return self._run(attempt, inputs, app_ids)
+
+    def _publish_spec(self) -> TableSpec:
+        """A full refresh rebuilds the table from all its inputs in one overwrite commit."""
+        if not self.full_refresh:
+            return self.spec
+        if isinstance(self.spec.write, Scd2):
+            raise DefinitionError(
+                f"table {self.spec.name!r}: --full-refresh would erase its SCD2 history",
+                hint="leave scd2 tables out of the selection, or drop the table deliberately first",
+                table=self.spec.name,
+            )
+        return replace(self.spec, write=Overwrite())
+
+    def _run(self, attempt: int, inputs: ResolvedInputs, app_ids: list[str]) -> TaskResult:
+        fingerprint = self.fingerprint(inputs)
+        publish_spec = self._publish_spec()
         session = self.engine.session()
         try:
             counts: list[int | None] = []
@@ -227,7 +248,7 @@ class TableTask:
             result: PublishResult = publish(
                 self.lake,
                 PublishRequest(
-                    spec=self.spec,
+                    spec=publish_spec,
                     staged=staged,
                     session=session,
                     run_id=self.run_id,

@@ -83,6 +83,7 @@ class Workspace:
         tables: Sequence[str] | None = None,
         workers: int | None = None,
         force: bool = False,
+        full_refresh: bool = False,
         command: str = "run",
         parent_run_id: str | None = None,
         listener: Listener | None = None,
@@ -97,6 +98,7 @@ class Workspace:
             lock_timeout=run.lock_timeout_seconds,
             parent_run_id=parent_run_id,
             force=force,
+            full_refresh=full_refresh,
             project_name=self.config.name,
             profile=self.config.profile or "",
         )
