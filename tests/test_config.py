@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import textwrap
+from datetime import time, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,18 @@ from hypothesis import strategies as st
 
 from headrace.errors import ProjectError
 from headrace.project.config import (
+    ALERT_KINDS,
     CONFIG_FILE,
+    AlertsConfig,
     DuckDBConfig,
     ResolvedConfig,
     RunConfig,
+    ScheduleConfig,
     WriteConfig,
     find_project_root,
     load_config,
     normalise_state_url,
+    parse_duration,
     parse_size,
 )
 
@@ -585,3 +590,117 @@ def test_interpolation_never_leaks_pydantic(text: str) -> None:
         else:
             if "$" not in text:
                 assert cfg.name == text
+
+
+# --------------------------------------------------------------------------- schedules and alerts
+
+OPS = """\
+name = "ops"
+
+[schedules.daily]
+cron = "0  6 * * *"
+select = ["+gold.daily_revenue"]
+catchup = "ALL"
+timezone = "Europe/Paris"
+max_duration = "1h30m"
+deadline = "07:30"
+
+[schedules.hourly]
+cron = "@Hourly"
+select = "bronze.*"
+
+[alerts]
+webhook = "${HR_HOOK:-}"
+command = "notify-send headrace"
+on = ["run_failed", "sla_missed"]
+retries = 5
+timeout_seconds = 2.5
+
+[profiles.prod.schedules.daily]
+cron = "0 5 * * *"
+
+[profiles.prod.schedules.hourly]
+enabled = false
+
+[profiles.quiet.alerts]
+command = ""
+"""
+
+
+def test_schedules_and_alerts_load_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HR_HOOK", "https://hooks.example.com/services/T0/B0/s3cr3t")
+    cfg = load_config(write(tmp_path, OPS))
+    daily, hourly = cfg.schedules["daily"], cfg.schedules["hourly"]
+    assert daily == ScheduleConfig(cron="0 6 * * *", select=("+gold.daily_revenue",), catchup="all",
+                                   timezone="Europe/Paris", max_duration=timedelta(minutes=90),
+                                   deadline=time(7, 30))
+    assert str(daily.tz) == "Europe/Paris"
+    assert (hourly.cron, hourly.select, hourly.catchup, hourly.timezone, hourly.enabled) == (
+        "@hourly", ("bronze.*",), "skip", "UTC", True)
+    assert cfg.alerts == AlertsConfig(webhook="https://hooks.example.com/services/T0/B0/s3cr3t",
+                                      command="notify-send headrace", on=("run_failed", "sla_missed"),
+                                      retries=5, timeout_seconds=2.5)
+    rows = {key: (value, origin) for key, value, origin in cfg.explain()}
+    assert rows["alerts.webhook"] == ("https://hooks.example.com/***", "headrace.toml via $HR_HOOK")
+    assert rows["schedules.daily.cron"] == ("0 6 * * *", "headrace.toml")
+    assert rows["schedules.hourly.timezone"] == ("UTC", "default")
+    assert "s3cr3t" not in repr(cfg.explain())
+    prod = load_config(tmp_path, profile="prod")
+    assert prod.schedules["daily"].cron == "0 5 * * *" and prod.schedules["daily"].deadline == time(7, 30)
+    assert prod.schedules["hourly"].enabled is False
+    assert {k: o for k, _, o in prod.explain()}["schedules.daily.cron"] == "profile prod"
+
+
+def test_alerts_default_and_switched_off(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, OPS), profile="quiet")  # no $HR_HOOK, command emptied
+    assert cfg.alerts is None
+    assert not any(key.startswith("alerts.") for key, _, _ in cfg.explain())
+    bare = load_config(write(tmp_path / "bare", ""))
+    assert bare.alerts is None and dict(bare.schedules) == {}
+    assert AlertsConfig(command="x").on == ALERT_KINDS and AlertsConfig(command="x").retries == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "line"),
+    [
+        ('[schedules.daily]\ncron = "0 6 * *"\n', "schedules.daily.cron: '0 6 * *' is not a valid cron expression", 2),
+        ('[schedules.daily]\ncron = "0 25 * * *"\n', "schedules.daily.cron: '0 25 * * *' is not a valid cron", 2),
+        ('[schedules.daily]\ncron = "0 6 * * * *"\n', "schedules.daily.cron", 2),
+        ('[schedules.daily]\nselect = ["a"]\n', "schedules.daily.cron is required", 1),
+        ('[schedules.d]\ncron = "@daily"\ncatchup = "al"\n', "Unknown catchup policy 'al'. Did you mean 'all'?", 3),
+        ('[schedules.d]\ncron = "@daily"\ntimezone = "Europe/Pari"\n', "Did you mean 'Europe/Paris'?", 3),
+        ('[schedules.d]\ncron = "@daily"\nmax_duration = "30 minutes"\n', "'30 minutes' is not a duration", 3),
+        ('[schedules.d]\ncron = "@daily"\nmax_duration = 0\n', "not a positive duration", 3),
+        ('[schedules.d]\ncron = "@daily"\ndeadline = "25:00"\n', "'25:00' is not a time of day", 3),
+        ('[schedules.d]\ncron = "@daily"\ncrn = 1\n', "unknown key 'crn' in [schedules.d]. Did you mean 'cron'?", 3),
+        ('[schedules.d]\ncron = "@daily"\nenabled = "yes please"\n', "schedules.d.enabled must be true or false", 3),
+        ('[schedules."a b"]\ncron = "@daily"\n', "invalid name 'a b'", 1),
+        ('schedules = 3\n', "schedules must be a table of [schedules.NAME] tables", 1),
+        ('[alerts]\non = ["run_faild"]\ncommand = "x"\n', "Unknown alert kind 'run_faild'. Did you mean 'run_failed'?", 2),
+        ('[alerts]\nwebhook = "hooks.slack.com/x"\n', "is not an http(s) URL", 2),
+        ('[alerts]\non = ["run_failed"]\n', "[alerts] sets neither webhook nor command", 1),
+        ('[alerts]\ncommand = "x"\ntimeout_seconds = 0\n', "alerts.timeout_seconds must be a number of seconds > 0", 3),
+        ('[profiles.p.schedules.d]\ncron = "nope"\n', "profiles.p.schedules.d.cron: 'nope' is not a valid cron", 2),
+    ],
+)
+def test_schedule_and_alert_errors(tmp_path: Path, body: str, message: str, line: int | None) -> None:
+    err = error_for(tmp_path, body)
+    assert message in err.message
+    assert err.line == line
+    assert err.path == str(tmp_path / CONFIG_FILE)
+    assert_clean(err)
+
+
+def test_invalid_cron_hint_and_referenced_cron_in_other_profile(tmp_path: Path) -> None:
+    err = error_for(tmp_path, '[schedules.nightly]\ncron = "every night"\n')
+    assert err.message.startswith("headrace.toml: schedules.nightly.cron:")
+    assert "minute hour day-of-month month day-of-week" in (err.hint or "")
+    # A cron from the environment in an unselected profile is not judged without its env.
+    cfg = load_config(write(tmp_path / "p", '[profiles.p.schedules.d]\ncron = "${HR_TEST_VAR}"\n'))
+    assert dict(cfg.schedules) == {}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h30m", 5400), ("2 h", 7200),
+                                                ("1d", 86400), ("250ms", 0.25), (45, 45), (1.5, 1.5)])
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds

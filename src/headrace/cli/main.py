@@ -84,14 +84,17 @@ def run(
     select: SelectOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Tables in parallel.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when inputs are unchanged.")] = False,
+    full_refresh: Annotated[bool, typer.Option(
+        "--full-refresh", help="Rebuild the tables from all their inputs in one overwrite commit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the selected tables (default: all) in dependency order."""
     ws = _workspace()
     try:
         names = ws.select(select or [])
-        result = _execute(lambda listener: ws.run(select or [], workers=workers, force=force, listener=listener),
-                          names, as_json=as_json)
+        result = _execute(lambda listener: ws.run(select or [], workers=workers, force=force,
+                                                           full_refresh=full_refresh, listener=listener),
+                          names, as_json=as_json, ws=ws)
     finally:
         ws.close()
     raise typer.Exit(0 if result.ok else 1)
@@ -109,13 +112,13 @@ def retry(
         record = ws.store.get_run(run_id)
         names = [t.table for t in ws.store.tasks(record.run_id) if t.status != "success" and t.status != "unchanged"]
         result = _execute(lambda listener: ws.retry(record.run_id, workers=workers, listener=listener),
-                          names, as_json=as_json)
+                          names, as_json=as_json, ws=ws)
     finally:
         ws.close()
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _execute(call: Any, names: list[str], *, as_json: bool) -> Any:
+def _execute(call: Any, names: list[str], *, as_json: bool, ws: Workspace | None = None) -> Any:
     from headrace.cli.render import RunProgress, print_json, print_run_summary, run_result_json
 
     with RunProgress(names, enabled=not as_json) as progress:
@@ -124,7 +127,18 @@ def _execute(call: Any, names: list[str], *, as_json: bool) -> Any:
         print_json(run_result_json(result))
     else:
         print_run_summary(result)
+    if ws is not None:
+        _alert(ws, result)
     return result
+
+
+def _alert(ws: Workspace, result: Any) -> None:
+    """Failed runs started from the command line alert like scheduled ones (never raises)."""
+    if ws.config.alerts is None or result.ok:
+        return
+    from headrace.observe.alerts import AlertSender, alerts_for_run
+
+    AlertSender(ws.config.alerts, cwd=ws.config.root).send_all(alerts_for_run(result, ws.config.name))
 
 
 # ---- inspection -----------------------------------------------------------------------------
@@ -234,6 +248,43 @@ def config_cmd(as_json: JsonOpt = False) -> None:
     from headrace.cli.inspect import show_config
 
     show_config(_workspace(), as_json=as_json)
+
+
+# ---- schedules / serve / export ---------------------------------------------------------------
+@app.command()
+def serve(
+    once: Annotated[bool, typer.Option("--once", help="Run whatever is due now, then exit (for cron and tests).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the project's [schedules] until SIGTERM/SIGINT (the current run finishes first)."""
+    from headrace.cli import ops
+
+    raise typer.Exit(ops.serve(state.project, state.profile, once=once, as_json=as_json))
+
+
+@app.command()
+def schedules(as_json: JsonOpt = False) -> None:
+    """List schedules: cron, next fire time, last fired interval and its run's status."""
+    from headrace.cli import ops
+
+    ops.show_schedules(state.project, state.profile, as_json=as_json)
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Argument(metavar="airflow", help="What to export to: airflow.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="Use this schedule's cron and selection.")] = None,
+    dag_id: Annotated[str | None, typer.Option("--dag-id", help="Airflow dag_id (default: headrace_<project>[_<schedule>]).")] = None,
+    executable: Annotated[str, typer.Option("--executable", help="headrace command on the Airflow workers.")] = "headrace",
+) -> None:
+    """Export the project's DAG: `export airflow` writes an Airflow DAG file (one task per table)."""
+    from headrace.cli import ops
+
+    if target.lower() != "airflow":
+        raise typer.BadParameter(f"unknown export target {target!r}; supported: airflow")
+    ops.export_airflow(state.project, state.profile, output=output, schedule=schedule,
+                       dag_id=dag_id, executable=executable)
 
 
 # ---- entry point ----------------------------------------------------------------------------

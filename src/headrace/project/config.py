@@ -28,6 +28,22 @@ nothing but ``name = "demo"`` (or even an empty file) is a valid project::
     threads = 2                   # optional, >=1
     temp_directory = ".headrace/tmp"   # spill folder; relative to project
 
+    [schedules.daily]             # a named pipeline schedule for `headrace serve` (any number)
+    cron = "0 6 * * *"            # 5-field cron (or @hourly/@daily/...), checked with croniter
+    select = ["+gold.daily_revenue"]   # --select expressions; default: every table
+    catchup = "skip"              # skip (run only the latest missed interval) | all (each, in order)
+    timezone = "UTC"              # IANA zone the cron and deadline are read in
+    max_duration = "30m"          # SLA (optional): a run longer than this raises sla_missed
+    deadline = "07:30"            # SLA (optional): no successful run by this local time -> sla_missed
+    enabled = true                # a profile can switch a schedule off (TOML cannot delete one)
+
+    [alerts]                      # where failures and SLA misses are sent (optional)
+    webhook = "${SLACK_WEBHOOK_URL:-}"   # JSON POST; Slack-compatible "text" plus structured fields
+    command = "notify-send headrace"     # shell command; JSON payload on stdin, HEADRACE_ALERT_* env
+    on = ["run_failed", "check_failed", "quarantine_breaker", "sla_missed"]   # default: all
+    retries = 3                   # delivery retries, exponential backoff
+    timeout_seconds = 10
+
     [profiles.dev]
     lake = "lake"
 
@@ -39,7 +55,8 @@ nothing but ``name = "demo"`` (or even an empty file) is a valid project::
 
 How a value is chosen, lowest to highest precedence: built-in default, the top level of
 ``headrace.toml``, the selected profile (deep-merged key by key, so ``[profiles.prod.run]``
-changes only the run keys it names), then ``overrides`` (explicit CLI values such as
+changes only the run keys it names, and ``[profiles.prod.schedules.daily]`` only the keys of
+that schedule it names), then ``overrides`` (explicit CLI values such as
 ``{"run.workers": 2}``). A profile may set anything except ``name``, ``default_profile`` and
 ``profiles``. The profile is the ``profile`` argument, else ``$HEADRACE_PROFILE``, else
 ``default_profile``, else none (top level only).
@@ -59,7 +76,11 @@ found, the dotted key and a hint; pydantic's own wording never reaches the user.
 Notes on the resolved values: ``compression_level`` is dropped (``None``) for codecs without
 levels (snappy, lz4, none), because TOML cannot unset a key and a profile switching codec
 must not inherit an inapplicable level. ``memory_limit`` uses DuckDB's units, where ``GB``
-is 1000-based; ``target_file_size`` is 1024-based.
+is 1000-based; ``target_file_size`` is 1024-based. ``[alerts]`` resolves to ``None`` when it
+sets neither a webhook nor a command after interpolation, so ``webhook = "${SLACK_WEBHOOK_URL:-}"``
+switches alerts off on a machine without the variable (a bare ``${SLACK_WEBHOOK_URL}`` is an error
+there, like any other unset variable). ``max_duration`` is a ``timedelta`` and ``deadline`` a
+``datetime.time``; schedule names are letters, digits, ``_`` and ``-``.
 """
 
 from __future__ import annotations
@@ -69,6 +90,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import time, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, get_args
@@ -92,8 +114,12 @@ PROFILE_ENV = "HEADRACE_PROFILE"
 # Add "spark" here (and an engine) and the config accepts it everywhere.
 Engine = Literal["duckdb"]
 Compression = Literal["zstd", "snappy", "gzip", "lz4", "none"]
+CatchUp = Literal["skip", "all"]
+AlertKind = Literal["run_failed", "check_failed", "quarantine_breaker", "sla_missed"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+CATCHUPS: tuple[str, ...] = get_args(CatchUp)
+ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
 # Level ranges the Delta writer accepts; other codecs have no level.
 _LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9)}
 
@@ -105,7 +131,16 @@ _MEMORY = re.compile(
 )
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _SQLITE_URL = re.compile(r"^(sqlite(?:\+[\w.]+)?)://(.*)$", re.IGNORECASE | re.DOTALL)
+_SCHEDULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
+_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _REF = re.compile(r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{")
+
+
+_REQUIRED: Any = object()  # _describe's "no default" marker
 
 
 class _Invalid(ValueError):
@@ -155,6 +190,55 @@ def parse_size(value: Any) -> int:
     if size <= 0:
         raise ValueError("size must be > 0")
     return size
+
+
+def parse_duration(value: Any) -> timedelta:
+    """A ``timedelta`` from seconds (int/float) or a string like ``"30m"``, ``"1h30m"``, ``"90s"``.
+
+    Units: ms, s, m, h, d. The duration must be > 0.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.match(value):
+        seconds = sum(
+            float(number) * _DURATION_UNITS[unit.lower()]
+            for number, unit in _DURATION_PART.findall(value)
+        )
+    else:
+        raise _Invalid(
+            f"{value!r} is not a duration",
+            hint="write a number of seconds or a string such as '90s', '30m', '2h' or '1h30m'",
+        )
+    if not seconds > 0 or seconds == float("inf"):
+        raise _Invalid(f"{value!r} is not a positive duration", hint="a duration must be > 0")
+    return timedelta(seconds=seconds)
+
+
+def _parse_clock(value: Any) -> Any:
+    """``"07:30"`` / ``"07:30:15"`` (or a TOML local time) -> ``datetime.time``."""
+    if isinstance(value, time):
+        if value.tzinfo is not None:
+            raise _Invalid(
+                f"{value} has a UTC offset",
+                hint="write a local time such as '07:30'; the schedule's timezone applies",
+            )
+        return value
+    match = _CLOCK.match(value) if isinstance(value, str) else None
+    if match:
+        hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
+        if hour < 24 and minute < 60 and second < 60:
+            return time(hour, minute, second)
+    raise _Invalid(
+        f"{value!r} is not a time of day",
+        hint="write HH:MM (24-hour clock), e.g. '07:30', read in the schedule's timezone",
+    )
+
+
+def _one_or_many(value: Any) -> Any:
+    """Accept a single string where a list of strings is expected."""
+    return [value] if isinstance(value, str) else value
 
 
 Count = Annotated[int, BeforeValidator(_no_bool)]
@@ -238,6 +322,122 @@ class DuckDBConfig(_Section):
         return value.strip() if value is not None else None
 
 
+class ScheduleConfig(_Section):
+    """``[schedules.NAME]``: when ``headrace serve`` runs a selection, and its SLAs.
+
+    ``cron`` fire times are read in ``timezone``; each fire time is one *interval*. ``deadline``
+    is a local time on the interval's day (the next day when it is not after the fire time).
+    """
+
+    cron: str = Field(description="a cron expression such as '0 6 * * *' (or @hourly, @daily, ...)")
+    select: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = Field(
+        (), description="a list of --select expressions such as ['+gold.daily']"
+    )
+    catchup: Annotated[CatchUp, BeforeValidator(_choice("catchup policy", CATCHUPS))] = Field(
+        "skip", description=f"one of {', '.join(CATCHUPS)}"
+    )
+    timezone: str = Field("UTC", description="an IANA time zone name such as 'Europe/Paris'")
+    max_duration: Annotated[timedelta | None, BeforeValidator(
+        lambda v: None if v is None else parse_duration(v)
+    )] = Field(None, description="a duration such as '30m', '2h' or '90s'")
+    deadline: Annotated[time | None, BeforeValidator(
+        lambda v: None if v is None else _parse_clock(v)
+    )] = Field(None, description="a local time of day such as '07:30'")
+    enabled: bool = Field(True, description="true or false")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        """croniter accepts seconds/years fields too; Airflow and crontab use five fields."""
+        from croniter import croniter
+
+        text = " ".join(value.split())
+        fields = text.split(" ")
+        ok = text.lower() in _CRON_ALIASES or (len(fields) == 5 and croniter.is_valid(text))
+        if not ok:
+            raise _Invalid(
+                f"{value!r} is not a valid cron expression",
+                hint="five fields: minute hour day-of-month month day-of-week, e.g. '0 6 * * *' "
+                "for 06:00 daily; or one of " + ", ".join(_CRON_ALIASES),
+            )
+        return text.lower() if text.startswith("@") else text
+
+    @field_validator("select")
+    @classmethod
+    def _non_empty_terms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not term.strip() for term in value):
+            raise _Invalid("an empty selection expression", hint="leave select out to run every table")
+        return tuple(term.strip() for term in value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _Invalid(
+                f"unknown time zone {value!r}.{did_you_mean(value, sorted(available_timezones()))}",
+                hint="use an IANA name such as 'UTC', 'Europe/Paris' or 'America/New_York'",
+            ) from None
+        return value
+
+    @property
+    def tz(self) -> Any:
+        """The ``zoneinfo.ZoneInfo`` for :attr:`timezone`."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
+
+
+def _alert_kinds(value: Any) -> Any:
+    """A list of alert kinds, each checked with a did-you-mean; a single string is accepted."""
+    value = _one_or_many(value)
+    if not isinstance(value, list | tuple):
+        return value
+    check = _choice("alert kind", ALERT_KINDS)
+    return tuple(dict.fromkeys(check(item) for item in value))
+
+
+class AlertsConfig(_Section):
+    """``[alerts]``: where run failures, failed checks, breakers and SLA misses are sent."""
+
+    webhook: str | None = Field(None, description="an http:// or https:// URL")
+    command: str | None = Field(None, description="a shell command")
+    on: Annotated[tuple[AlertKind, ...], BeforeValidator(_alert_kinds)] = Field(
+        ALERT_KINDS, description=f"a list of alert kinds ({', '.join(ALERT_KINDS)})"
+    )
+    retries: Annotated[Count, Field(ge=0)] = Field(3, description="an integer >= 0")
+    timeout_seconds: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)] = (
+        Field(10.0, description="a number of seconds > 0")
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """Empty (e.g. ``${SLACK_WEBHOOK_URL:-}`` unset) means "no webhook"."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE):
+            raise _Invalid(
+                f"{_mask_webhook(value)!r} is not an http(s) URL",
+                hint="write the full URL, e.g. 'https://hooks.slack.com/services/...'",
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        return value if value is not None and value.strip() else None
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is somewhere to deliver to."""
+        return bool(self.webhook or self.command)
+
+
 class _Settings(_Section):
     """Every setting after the profile merge; validated once values are interpolated."""
 
@@ -255,6 +455,10 @@ class _Settings(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="a table")
     write: WriteConfig = Field(default_factory=WriteConfig, description="a table")
     duckdb: DuckDBConfig = Field(default_factory=DuckDBConfig, description="a table")
+    alerts: AlertsConfig | None = Field(None, description="a table")
+    schedules: dict[str, ScheduleConfig] = Field(
+        default_factory=dict, description="a table of [schedules.NAME] tables"
+    )
 
     @field_validator("lake")
     @classmethod
@@ -296,11 +500,14 @@ _SECTIONS: dict[str, type[_Section]] = {
     "run": RunConfig,
     "write": WriteConfig,
     "duckdb": DuckDBConfig,
+    "alerts": AlertsConfig,
 }
+# Sections that are tables of named tables ([schedules.NAME]); flat keys are "schedules.NAME.key".
+_NAMED: dict[str, type[_Section]] = {"schedules": ScheduleConfig}
 _SCALARS = ("lake", "state", "engine", "pipelines", "models")
 _FILE_ONLY = ("name", "default_profile", "profiles")
-_TOP_KEYS = (*_FILE_ONLY, *_SCALARS, *_SECTIONS)
-_PROFILE_KEYS = (*_SCALARS, *_SECTIONS)
+_TOP_KEYS = (*_FILE_ONLY, *_SCALARS, *_SECTIONS, *_NAMED)
+_PROFILE_KEYS = (*_SCALARS, *_SECTIONS, *_NAMED)
 _SETTING_KEYS = (
     "name",
     *_SCALARS,
@@ -330,6 +537,8 @@ class ResolvedConfig:
     run: RunConfig = field(default_factory=RunConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)
+    alerts: AlertsConfig | None = None
+    schedules: Mapping[str, ScheduleConfig] = field(default_factory=lambda: MappingProxyType({}))
     origins: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
@@ -352,7 +561,12 @@ class ResolvedConfig:
         ]
         for section in _SECTIONS:
             model = getattr(self, section)
+            if model is None:  # [alerts] not configured
+                continue
             values += [(f"{section}.{key}", getattr(model, key)) for key in type(model).model_fields]
+        values = [(k, _mask_webhook(v) if k == "alerts.webhook" else v) for k, v in values]
+        for name, schedule in self.schedules.items():
+            values += [(f"schedules.{name}.{key}", getattr(schedule, key)) for key in ScheduleConfig.model_fields]
         return [(key, value, self.origins.get(key, "default")) for key, value in values]
 
 
@@ -394,6 +608,7 @@ def load_config(
     effective = {key: _interpolate_entry(entry, doc) for key, entry in effective.items()}
     effective.update(_flatten_overrides(overrides or {}))
     settings = _validate(effective, doc)
+    _check_alerts_target(effective, doc)
     _check_other_profiles(base, profiles, chosen, doc)
     origins = {key: entry.origin for key, entry in effective.items()}
     origins["profile"] = profile_origin
@@ -551,6 +766,8 @@ def _flatten(
             raise _unknown_key(key, prefix, allowed, doc)
         if key in _SECTIONS:
             flat.update(_flatten_section(key, value, prefix=f"{at}{key}", layer=layer, doc=doc))
+        elif key in _NAMED:
+            flat.update(_flatten_named(key, value, prefix=f"{at}{key}", layer=layer, doc=doc))
         elif isinstance(value, dict):
             raise doc.error(
                 f"{at}{key} must be a value, not a table",
@@ -585,6 +802,59 @@ def _flatten_section(
             )
         flat[f"{section}.{key}"] = _Entry(item, layer, f"{prefix}.{key}")
     return flat
+
+
+def _flatten_named(
+    section: str, value: Any, *, prefix: str, layer: str, doc: _Doc
+) -> dict[str, _Entry]:
+    """Flatten ``[schedules.NAME]`` tables to ``schedules.NAME.key`` entries."""
+    if not isinstance(value, dict):
+        raise doc.error(
+            f"{prefix} must be a table of [{prefix}.NAME] tables, got {_show(value)}",
+            hint=f"write each one under a [{prefix}.NAME] header",
+            key=prefix,
+        )
+    valid = tuple(_NAMED[section].model_fields)
+    flat: dict[str, _Entry] = {}
+    for name, table in value.items():
+        if not _SCHEDULE_NAME.match(name):
+            raise doc.error(
+                f"{prefix}.{name}: invalid name {name!r}",
+                hint="names use letters, digits, '_' and '-', and start with a letter or digit",
+                key=f"{prefix}.{name}",
+            )
+        if not isinstance(table, dict):
+            raise doc.error(
+                f"{prefix}.{name} must be a table, got {_show(table)}",
+                hint=f"write its settings under a [{prefix}.{name}] header",
+                key=f"{prefix}.{name}",
+            )
+        for key, item in table.items():
+            if key not in valid:
+                raise _unknown_key(key, f"{prefix}.{name}", valid, doc)
+            if isinstance(item, dict):
+                raise doc.error(
+                    f"{prefix}.{name}.{key} must be a value, not a table",
+                    hint=f"write `{key} = ...` under [{prefix}.{name}]",
+                    key=f"{prefix}.{name}.{key}",
+                )
+            flat[f"{section}.{name}.{key}"] = _Entry(item, layer, f"{prefix}.{name}.{key}")
+    return flat
+
+
+def _check_alerts_target(flat: Mapping[str, _Entry], doc: _Doc) -> None:
+    """An [alerts] table that names no destination is a mistake, not a way to switch alerts off.
+
+    Presence is checked (not the value), so ``webhook = "${URL:-}"`` can still be empty.
+    """
+    keys = [key for key in flat if key.startswith("alerts.")]
+    if keys and "alerts.webhook" not in flat and "alerts.command" not in flat:
+        entry = flat[keys[0]]
+        raise doc.error(
+            "[alerts] sets neither webhook nor command, so no alert could be delivered",
+            hint="add webhook = \"https://...\" and/or command = \"...\" under [alerts]",
+            key=entry.source.rpartition(".")[0],
+        )
 
 
 def _split_file(
@@ -735,7 +1005,10 @@ def _unflatten(flat: Mapping[str, _Entry]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, entry in flat.items():
         section, _, sub = key.partition(".")
-        if sub:
+        if section in _NAMED and sub:
+            name, _, sub = sub.partition(".")
+            nested.setdefault(section, {}).setdefault(name, {})[sub] = entry.value
+        elif sub:
             nested.setdefault(section, {})[sub] = entry.value
         else:
             nested[key] = entry.value
@@ -760,7 +1033,9 @@ def _convert(exc: ValidationError, flat: Mapping[str, _Entry], doc: _Doc) -> Pro
     from_env = f" (from {', '.join('$' + name for name in entry.env)})" if entry and entry.env else ""
     description, _ = _describe(key)
     cause = error.get("ctx", {}).get("error")
-    if isinstance(cause, _Invalid):
+    if error["type"] == "missing":
+        message, hint = f"{source} is required", _expects(key)
+    elif isinstance(cause, _Invalid):
         message, hint = f"{source}{from_env}: {cause}", cause.hint or _expects(key)
     else:
         message = f"{source} must be {description}, got {_show(value, key)}{from_env}"
@@ -773,6 +1048,8 @@ def _convert(exc: ValidationError, flat: Mapping[str, _Entry], doc: _Doc) -> Pro
 def _error_key(loc: tuple[int | str, ...]) -> str:
     """The dotted setting key an error location points at (drops pydantic's inner markers)."""
     parts = [str(part) for part in loc]
+    if parts and parts[0] in _NAMED and len(parts) >= 3:
+        return ".".join(parts[:3])
     for end in (2, 1):
         candidate = ".".join(parts[:end])
         if candidate in _SETTING_KEYS or candidate in _SECTIONS:
@@ -785,6 +1062,8 @@ def _expects(key: str) -> str:
     description, default = _describe(key)
     if key == "name":
         return f"{key} expects {description}; leave it out to use the folder name"
+    if default is _REQUIRED:
+        return f"{key} expects {description}; it has no default"
     if default is None:
         return f"{key} expects {description}; leave it out to keep it unset"
     return f"{key} expects {description}; the default is {default!r}"
@@ -794,9 +1073,13 @@ def _describe(key: str) -> tuple[str, Any]:
     """What a key expects (the ``description`` on its model field) and its default."""
     section, _, sub = key.partition(".")
     model: type[_Section] = _SECTIONS[section] if sub and section in _SECTIONS else _Settings
+    if section in _NAMED and "." in sub:
+        model, sub = _NAMED[section], sub.partition(".")[2]
     info = model.model_fields.get(sub or section)
     if info is None:
         return "a valid value", None
+    if info.is_required():
+        return info.description or "a valid value", _REQUIRED
     default = info.get_default(call_default_factory=True)
     if isinstance(default, Path):
         default = str(default)
@@ -817,6 +1100,13 @@ def _check_other_profiles(
         if name == chosen:
             continue
         merged = {key: e for key, e in {**base, **table}.items() if not _has_reference(e.value)}
+        # A named table whose required key was dropped above cannot be judged either.
+        for section, model in _NAMED.items():
+            required = [k for k, info in model.model_fields.items() if info.is_required()]
+            groups = {key.split(".")[1] for key in merged if key.startswith(f"{section}.")}
+            for group in groups:
+                if any(f"{section}.{group}.{k}" not in merged for k in required):
+                    merged = {k: e for k, e in merged.items() if not k.startswith(f"{section}.{group}.")}
         _validate(merged, doc)
 
 
@@ -842,6 +1132,8 @@ def _resolve(
         run=settings.run,
         write=settings.write,
         duckdb=duckdb,
+        alerts=settings.alerts if settings.alerts is not None and settings.alerts.enabled else None,
+        schedules=MappingProxyType(dict(settings.schedules)),
         origins=MappingProxyType(origins),
     )
 
@@ -865,6 +1157,14 @@ def normalise_state_url(url: str, root: Path) -> str:
     if not path or path == ":memory:" or path.startswith("file:"):
         return url
     return f"{scheme}:///{_resolve_path(root, path)}{sep}{query}"
+
+
+def _mask_webhook(url: Any) -> Any:
+    """Webhook URLs carry their secret in the path (Slack, Teams): keep only scheme and host."""
+    if not isinstance(url, str):
+        return url
+    match = re.match(r"^([A-Za-z][\w+.\-]*://[^/?#]+)(.*)$", url)
+    return f"{match[1]}/***" if match and match[2] not in ("", "/") else url
 
 
 def _mask(url: str) -> str:

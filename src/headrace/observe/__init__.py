@@ -1,0 +1,1 @@
+"""Observability: alerts about runs (failures, failed checks, breakers, missed SLAs)."""
