@@ -86,6 +86,7 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Recompute even when inputs are unchanged.")] = False,
     full_refresh: Annotated[bool, typer.Option(
         "--full-refresh", help="Rebuild the tables from all their inputs in one overwrite commit.")] = False,
+    ds: Annotated[str | None, typer.Option("--ds", help="Logical date (YYYY-MM-DD) for {{ ds }} and ctx.ds.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the selected tables (default: all) in dependency order."""
@@ -93,7 +94,8 @@ def run(
     try:
         names = ws.select(select or [])
         result = _execute(lambda listener: ws.run(select or [], workers=workers, force=force,
-                                                           full_refresh=full_refresh, listener=listener),
+                                                           full_refresh=full_refresh, listener=listener,
+                                                           logical_date=_date(ds, "--ds")),
                           names, as_json=as_json, ws=ws)
     finally:
         ws.close()
@@ -116,6 +118,48 @@ def retry(
     finally:
         ws.close()
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _date(value: str | None, option: str) -> Any:
+    if value is None:
+        return None
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be a date like 2026-01-31, got {value!r}") from None
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--start", help="First logical date (YYYY-MM-DD), inclusive.")],
+    end: Annotated[str, typer.Option("--end", help="Last logical date (YYYY-MM-DD), inclusive.")],
+    select: SelectOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Tables in parallel.")] = None,
+    missing: Annotated[bool, typer.Option("--missing", help="Only dates some selected table lacks.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute the selection for each date in a range, resumable; each date is idempotent."""
+    from headrace.cli.render import backfill_progress, print_backfill, print_json
+    from headrace.runner.backfill import backfill as run_backfill
+    from headrace.runner.backfill import dates_between
+
+    first, last = _date(start, "--start"), _date(end, "--end")
+    ws = _workspace()
+    try:
+        days = dates_between(first, last)
+        with backfill_progress(len(days), enabled=not as_json) as advance:
+            outcomes = list(run_backfill(ws, select or [], first, last, workers=workers,
+                                         missing_only=missing, on_date=advance))
+    finally:
+        ws.close()
+    if as_json:
+        print_json([{"ds": o.ds, "status": o.status, "note": o.note,
+                     "run_id": o.result.run_id if o.result else None} for o in outcomes])
+    else:
+        print_backfill(outcomes)
+    raise typer.Exit(0 if all(o.status in ("success", "skipped") for o in outcomes) else 1)
 
 
 def _execute(call: Any, names: list[str], *, as_json: bool, ws: Workspace | None = None) -> Any:

@@ -9,7 +9,8 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -178,3 +179,37 @@ def run_result_json(result: RunResult) -> dict[str, Any]:
             for t in result.tasks
         ],
     }
+
+
+@contextmanager
+def backfill_progress(total: int, *, enabled: bool) -> Iterator[Any]:
+    """A progress bar over the dates of a backfill; yields the per-date callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled or not err.is_terminal:
+        def plain(outcome: Any) -> None:
+            if enabled:
+                err.print(Text.assemble(f"  {outcome.ds} ", styled(outcome.status), f" {outcome.note or ''}"))
+        yield plain
+        return
+    with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("", total=total)
+
+        def advance(outcome: Any) -> None:
+            progress.update(task, advance=1, description=f"{outcome.ds} {outcome.status}")
+
+        yield advance
+
+
+def print_backfill(outcomes: Sequence[Any]) -> None:
+    rows = []
+    for o in outcomes:
+        counts: dict[str, int] = {}
+        for t in (o.result.tasks if o.result else []):
+            counts[t.status] = counts.get(t.status, 0) + 1
+        failed = [t for t in (o.result.tasks if o.result else []) if t.status == "failed"]
+        note = o.note or "; ".join(f"{t.table}: {t.error}" for t in failed)
+        rows.append([str(o.ds), styled(o.status), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+                     o.result.run_id if o.result else "", note])
+    out.print(simple_table(None, ["date", "status", "tables", "run", "note"], rows))

@@ -24,6 +24,7 @@ from headrace.engines.base import StagedFile, StagedResult, StageTarget, delta_s
 from headrace.errors import DefinitionError, EngineError, SourceError, TransformError
 from headrace.sources.batches import InputBatch
 from headrace.sources.files import quote_ident, reader_sql, sql_string
+from headrace.spec.context import render_template
 from headrace.spec.sources import FileSource, SourceSpec
 from headrace.spec.tables import PythonTransform, SqlTransform, TableSpec
 
@@ -293,7 +294,7 @@ class DuckDBSession:
         where = f"table {spec.name!r} ({spec.origin})"
         try:
             if isinstance(transform, SqlTransform):
-                return self.con.sql(transform.query)
+                return self.con.sql(render_template(transform.query, getattr(context, "ds", None)))
             if isinstance(transform, PythonTransform):
                 args: dict[str, Any] = {k: self.con.table(k) for k in keys}
                 if transform.wants_context:

@@ -55,6 +55,7 @@ class PublishRequest:
     settings: WriteSettings
     app_ids: tuple[str, ...] = ()
     schema_policy: str = "evolve"  # evolve | freeze | discard
+    interval: str | None = None  # the logical date this commit computed (backfills)
 
 
 @dataclass(frozen=True)
@@ -426,6 +427,8 @@ def _commit_properties(req: PublishRequest, *, app_ids: list[str] | None = None)
         f"{META_PREFIX}mode": req.spec.write.kind,
         f"{META_PREFIX}rows": str(req.staged.rows),
     }
+    if req.interval:
+        meta[f"{META_PREFIX}interval"] = req.interval
     txns = [Transaction(app_id=a, version=1) for a in app_ids] if app_ids else None
     return CommitProperties(custom_metadata=meta, app_transactions=txns, max_commit_retries=0)
 

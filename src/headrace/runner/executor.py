@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ class RunOptions:
     parent_run_id: str | None = None
     force: bool = False
     full_refresh: bool = False
+    logical_date: date | None = None
     project_name: str = "project"
     profile: str = ""
 
@@ -158,7 +159,7 @@ class Runner:
         task = TableTask(spec=spec, root=self.root, lake=self.lake, engine=self.engine, run_id=run_id,
                          settings=self.settings, source_names=self.source_names, store=self.store,
                          known_tables=set(self.tables), force=options.force,
-                         full_refresh=options.full_refresh)
+                         full_refresh=options.full_refresh, logical_date=options.logical_date)
         outcome.started_at = _now()
         outcome.status = "running"
         self._emit(run_id, outcome, started_at=outcome.started_at)

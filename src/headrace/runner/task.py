@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ class TableTask:
         known_tables: Collection[str] = (),
         force: bool = False,
         full_refresh: bool = False,
+        logical_date: date | None = None,
     ) -> None:
         self.spec = spec
         self.root = root
@@ -85,6 +87,7 @@ class TableTask:
         self.known_tables = known_tables
         self.force = force
         self.full_refresh = full_refresh
+        self.logical_date = logical_date
         self._workdirs: list[Path] = []
 
     def resolve_inputs(self) -> ResolvedInputs:
@@ -139,7 +142,8 @@ class TableTask:
         )
 
     def fingerprint(self, inputs: ResolvedInputs) -> str:
-        return combine([inputs.batch_id, self.spec.config_fingerprint()])
+        ds = self.logical_date.isoformat() if self.logical_date else "-"
+        return combine([inputs.batch_id, self.spec.config_fingerprint(), ds])
 
     def append_ids(self, inputs: ResolvedInputs) -> dict[str, str]:
         """Delta app-transaction ids for an append: one per file when the table reads a single
@@ -181,6 +185,11 @@ class TableTask:
             return None
         if self.lake.last_commit_metadata(self.spec.name).get("fingerprint") == fingerprint:
             return "inputs and definition unchanged since the last commit"
+        if self.logical_date is not None:
+            # a backfill resumes: an interval already computed from these inputs is not redone
+            for commit in self.lake.history(self.spec.name, 500):
+                if commit.metadata.get("fingerprint") == fingerprint:
+                    return f"interval {self.logical_date} already computed (version {commit.version})"
         return None
 
     def run(self, attempt: int) -> TaskResult:
@@ -229,7 +238,8 @@ class TableTask:
                     session.read_table(key, snap.dataset())
                     counts.append(snap.row_count())
             rows_in = None if None in counts else sum(c or 0 for c in counts)
-            ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root)
+            ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root,
+                             ds=self.logical_date)
             relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
             if self.spec.contract is not None and not self.spec.validates_source:
                 relation, rows_in, quarantined, dropped = self._validate_result(
@@ -257,6 +267,7 @@ class TableTask:
                     settings=self.settings,
                     app_ids=tuple(app_ids),
                     schema_policy=self.spec.effective_schema_policy,
+                    interval=self.logical_date.isoformat() if self.logical_date else None,
                 ),
             )
         finally:

@@ -7,6 +7,7 @@ Everything heavy (definitions, the store connection, the engine) opens on first 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class Workspace:
         workers: int | None = None,
         force: bool = False,
         full_refresh: bool = False,
+        logical_date: date | None = None,
         command: str = "run",
         parent_run_id: str | None = None,
         listener: Listener | None = None,
@@ -99,6 +101,7 @@ class Workspace:
             parent_run_id=parent_run_id,
             force=force,
             full_refresh=full_refresh,
+            logical_date=logical_date,
             project_name=self.config.name,
             profile=self.config.profile or "",
         )
