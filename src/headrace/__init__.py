@@ -44,6 +44,7 @@ from headrace.spec.contracts import (
     Struct,
     Timestamp,
 )
+from headrace.spec.database import DatabaseSource, database
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec, ref
 from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions, Scd2
@@ -56,6 +57,7 @@ __all__ = [
     "ConfigError",
     "Contract",
     "DataQualityError",
+    "DatabaseSource",
     "Date",
     "Decimal",
     "DefinitionError",
@@ -84,6 +86,7 @@ __all__ = [
     "TransientError",
     "__version__",
     "check",
+    "database",
     "files",
     "ref",
     "table",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import urllib.parse
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -56,6 +56,7 @@ class PublishRequest:
     app_ids: tuple[str, ...] = ()
     schema_policy: str = "evolve"  # evolve | freeze | discard
     interval: str | None = None  # the logical date this commit computed (backfills)
+    extra_metadata: Mapping[str, str] = field(default_factory=dict)  # e.g. source watermarks
 
 
 @dataclass(frozen=True)
@@ -429,6 +430,8 @@ def _commit_properties(req: PublishRequest, *, app_ids: list[str] | None = None)
     }
     if req.interval:
         meta[f"{META_PREFIX}interval"] = req.interval
+    for key, value in req.extra_metadata.items():
+        meta[f"{META_PREFIX}{key}"] = value
     txns = [Transaction(app_id=a, version=1) for a in app_ids] if app_ids else None
     return CommitProperties(custom_metadata=meta, app_transactions=txns, max_commit_retries=0)
 

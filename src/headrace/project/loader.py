@@ -22,7 +22,7 @@ from typing import Any
 
 from headrace.errors import DefinitionError, HeadraceError
 from headrace.project.dag import Dag
-from headrace.spec.sources import FileSource, SourceSpec
+from headrace.spec.sources import SOURCE_TYPES, SourceSpec
 from headrace.spec.tables import TableInput, TableSpec
 
 _LOADS = itertools.count()
@@ -233,12 +233,12 @@ class _Registry:
 
     def collect(self, module: types.ModuleType, path: Path) -> None:
         for var, value in list(vars(module).items()):
-            if isinstance(value, FileSource):
+            if isinstance(value, SOURCE_TYPES):
                 self._add_global_source(var, value, path)
             elif isinstance(value, TableSpec):
                 self.add_table(value)
 
-    def _add_global_source(self, var: str, source: FileSource, path: Path) -> None:
+    def _add_global_source(self, var: str, source: SourceSpec, path: Path) -> None:
         """Name a module-level source; the first binding of one object wins."""
         if id(source) in self._by_identity:
             return

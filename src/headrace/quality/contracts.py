@@ -1448,13 +1448,14 @@ def _reject_slots(rejects: int) -> int:
 
 def _copy_parquet(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> str:
     """COPY ``sql`` into Parquet files in the folder ``target`` (replaced); return a
-    ``read_parquet`` over them. Why lz4 and per-thread files: the files live for one task and
-    are read once or twice; writing them is on the critical path."""
+    ``read_parquet`` over them. Why lz4, no dictionaries and per-thread files: the files live
+    for one task and are read once or twice, while writing them is on the critical path
+    (measured on 2M validated rows: zstd 0.31 s, lz4 0.22 s, lz4 without dictionaries 0.16 s)."""
     if target.exists():
         shutil.rmtree(target)
     con.execute(
-        f"COPY ({sql}) TO {sql_string(str(target))} "
-        "(FORMAT parquet, COMPRESSION lz4_raw, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
+        f"COPY ({sql}) TO {sql_string(str(target))} (FORMAT parquet, COMPRESSION lz4_raw, "
+        "DICTIONARY_SIZE_LIMIT 1, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
     )
     return f"read_parquet({sql_string(str(target / '*.parquet'))})"
 

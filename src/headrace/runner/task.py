@@ -28,9 +28,10 @@ from headrace.lake.writer import (
 )
 from headrace.quality.contracts import check_outcome
 from headrace.runner import audit
-from headrace.sources.batches import InputBatch, combine
+from headrace.sources.batches import FileEntry, InputBatch, combine, file_digest
 from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
+from headrace.spec.database import DatabaseSource
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec
 from headrace.spec.write_modes import Append, Overwrite, Scd2
@@ -89,6 +90,7 @@ class TableTask:
         self.full_refresh = full_refresh
         self.logical_date = logical_date
         self._workdirs: list[Path] = []
+        self._cursors: dict[str, str | None] = {}
 
     def resolve_inputs(self) -> ResolvedInputs:
         """Pin every input: file sets with content digests, upstream tables at a version."""
@@ -112,10 +114,56 @@ class TableTask:
                 )
             elif isinstance(item, FileSource):
                 batches[key] = list_files(item, self.root, source_name=self._source_name(key, item))
+            elif isinstance(item, DatabaseSource):
+                batches[key] = self._read_database(key, item)
         batch_id = combine([self.spec.name, *(f"{k}={b.batch_id}" for k, b in sorted(batches.items()))])
         return ResolvedInputs(batches=batches, snapshots=snapshots, batch_id=batch_id)
 
-    def _source_name(self, key: str, item: FileSource) -> str:
+    def _read_database(self, key: str, item: DatabaseSource) -> InputBatch:
+        """Read a database source into Parquet in a work folder, from the watermark stored in
+        the table's own Delta log; the new watermark is committed with the data it covers."""
+        from headrace.sources.database import (
+            batch_id,
+            check_cursor,
+            dump_cursor,
+            read_database,
+            write_parquet,
+        )
+
+        name = self._source_name(key, item)
+        previous = self._watermark(key) if item.cursor else None
+        read = read_database(item, root=self.root, since=previous, source_name=name)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-db-", dir=self._tmp_root()))
+        self._workdirs.append(workdir)
+        paths = write_parquet(read, workdir / key)
+        newest = read.max_cursor if item.cursor else None
+        check_cursor(previous, newest, source_name=name)
+        if item.cursor:
+            mark = newest if previous is None or (newest is not None and newest > previous) else previous
+            self._cursors[key] = dump_cursor(mark)
+        entries = tuple(
+            FileEntry(path=p, size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns, digest=file_digest(p))
+            for p in paths
+        )
+        # without a cursor only the content says whether anything changed
+        ident = (batch_id(item, previous, newest, read.rows) if item.cursor
+                 else combine([item.describe(), *(e.digest for e in entries)]))
+        return InputBatch(kind="database", description=f"{read.rows:,} row(s) from {item.describe()}",
+                          batch_id=ident, files=entries, rows=read.rows)
+
+    def _watermark(self, key: str) -> Any:
+        """The newest watermark this table committed for the input ``key`` (or None)."""
+        from headrace.sources.database import load_cursor
+
+        if not self.lake.exists(self.spec.name):
+            return None
+        for commit in self.lake.history(self.spec.name, 1000):
+            text = commit.metadata.get(f"cursor.{key}")
+            if text:
+                return load_cursor(text)
+        return None
+
+    def _source_name(self, key: str, item: Any) -> str:
         return item.name or self.source_names.get(id(item)) or f"{self.spec.name}.{key}"
 
     def _conform(self, session: Any, relation: Any) -> Any:
@@ -193,7 +241,18 @@ class TableTask:
         return None
 
     def run(self, attempt: int) -> TaskResult:
+        self._cursors: dict[str, str | None] = {}
+        try:
+            return self._attempt(attempt)
+        finally:
+            for workdir in self._workdirs:
+                shutil.rmtree(workdir, ignore_errors=True)
+            self._workdirs.clear()
+
+    def _attempt(self, attempt: int) -> TaskResult:
         inputs = self.resolve_inputs()
+        if self._cursors and all(b.kind == "database" and not b.rows for b in inputs.batches.values()):
+            return TaskResult("unchanged", 0, None, None, None, "no new rows since the stored watermark")
         app_ids: list[str] = []
         if self.full_refresh:
             return self._run(attempt, inputs, list(self.append_ids(inputs).values())
@@ -228,6 +287,9 @@ class TableTask:
             quarantined = dropped = None
             for key, batch in inputs.batches.items():
                 item = self.spec.inputs[key]
+                if isinstance(item, DatabaseSource):
+                    item = FileSource(path=str(batch.files[0].path.parent / "*.parquet"), format="parquet",
+                                      name=self._source_name(key, self.spec.inputs[key]))
                 if isinstance(item, FileSource) and self.spec.validates_source:
                     rows, quarantined, dropped = self._validate_source(session, key, item, batch, inputs.batch_id)
                     counts.append(rows)
@@ -268,13 +330,11 @@ class TableTask:
                     app_ids=tuple(app_ids),
                     schema_policy=self.spec.effective_schema_policy,
                     interval=self.logical_date.isoformat() if self.logical_date else None,
+                    extra_metadata={f"cursor.{k}": v for k, v in self._cursors.items() if v is not None},
                 ),
             )
         finally:
             session.close()
-            for workdir in self._workdirs:
-                shutil.rmtree(workdir, ignore_errors=True)
-            self._workdirs.clear()
         if result.skipped:
             return TaskResult("unchanged", rows_in, staged.rows, None, result.operation, result.skipped,
                               quarantined, dropped)

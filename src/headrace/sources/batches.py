@@ -34,6 +34,7 @@ class InputBatch:
     batch_id: str
     files: tuple[FileEntry, ...] = ()
     table_version: int | None = None
+    rows: int | None = None  # known up front for database reads
 
 
 def file_digest(path: Path) -> str:

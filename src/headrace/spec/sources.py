@@ -45,4 +45,7 @@ class FileSource:
         return f"{self.format} files {self.path}"
 
 
-SourceSpec = FileSource
+from headrace.spec.database import DatabaseSource  # noqa: E402  (defined after FileSource on purpose)
+
+SourceSpec = FileSource | DatabaseSource
+SOURCE_TYPES = (FileSource, DatabaseSource)
