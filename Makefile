@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf $(DEMO)/data $(DEMO)/lake $(DEMO)/.headrace
 	$(BIN)/python $(DEMO)/generate.py --out $(DEMO)/data
 	$(BIN)/headrace --project $(DEMO) run
 	$(BIN)/headrace --project $(DEMO) query "select * from gold.daily_revenue order by order_date desc, revenue desc" --limit 10
@@ -22,6 +23,10 @@ demo: $(STAMP)
 	$(BIN)/headrace --project $(DEMO) checks
 	@echo "Re-running: every table is already up to date, so nothing is rewritten."
 	$(BIN)/headrace --project $(DEMO) run
+	@echo "Day two arrives: changed customers get new versions, one new orders partition is added."
+	$(BIN)/python $(DEMO)/generate.py --out $(DEMO)/data --day-two
+	$(BIN)/headrace --project $(DEMO) run
+	$(BIN)/headrace --project $(DEMO) query "select is_current, count(*) as versions from silver.dim_customers group by all order by all"
 	$(BIN)/headrace --project $(DEMO) runs --limit 5
 
 test: $(STAMP)

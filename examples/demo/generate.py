@@ -113,6 +113,43 @@ def write_returns(folder: Path, rng: random.Random, start: date, days: int, max_
                             d.isoformat()])
 
 
+def day_two(out: Path, rng: random.Random, days: int, per_day: int, product_table: pa.Table) -> None:
+    """The next day's delivery: 2% of customers changed, 1% new, 0.5% gone, one more day of
+    orders. Re-running headrace then touches only what changed (one new orders partition,
+    new versions in the customer history)."""
+    path = out / "customers.csv"
+    rows = list(csv.reader(path.open()))
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if rng.random() > 0.005]
+    for r in kept:
+        if rng.random() < 0.02:
+            r[3] = rng.choice(COUNTRIES)
+            r[5] = "business" if r[5] == "consumer" else "consumer"
+    next_id = max(int(r[0]) for r in body) + 1
+    for cid in range(next_id, next_id + len(body) // 100):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        kept.append([str(cid), f"{first} {last}", f"{first}.{last}{cid}@example.com".lower(),
+                     rng.choice(COUNTRIES), "2026-11-15", "consumer"])
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(kept)
+    start = date(2026, 11, 1) + timedelta(days=days)
+    last_order = sum(1 for f in (out / "orders").glob("*.ndjson") for _ in f.open()) + 10_000_000
+    folder = out / "orders"
+    prices = dict(zip(product_table["product_id"].to_pylist(), product_table["unit_price"].to_pylist(), strict=True))
+    with (folder / f"orders_{start.isoformat()}.ndjson").open("w") as fh:
+        for i in range(per_day):
+            pid = rng.choice(list(prices))
+            fh.write(json.dumps({
+                "order_id": last_order + i, "customer_id": int(rng.choice(kept)[0]), "product_id": pid,
+                "quantity": 1, "amount": prices[pid], "currency": "EUR",
+                "order_ts": f"{start.isoformat()}T12:00:00", "channel": "web",
+            }) + "\n")
+    print(f"day two: {len(kept):,} customers ({len(body) - len([r for r in kept if int(r[0]) < next_id]):,} gone), "
+          f"{per_day:,} orders on {start}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
@@ -121,10 +158,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bad-ratio", type=float, default=0.005, help="share of corrupted order records")
+    parser.add_argument("--day-two", action="store_true", help="apply the next day's changes to existing data")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     product_table = products(rng)
+    if args.day_two:
+        day_two(args.out, random.Random(args.seed + 1), args.days, args.orders_per_day, product_table)
+        return
     pq.write_table(product_table, args.out / "products.parquet")
     write_customers(args.out / "customers.csv", rng, args.customers)
     start = date(2026, 11, 1)
