@@ -853,16 +853,20 @@ def _rows(con, sql: str) -> list[tuple[Any, ...]]:
 
 def same_as_reference(con, tmp_path: Path, spec: FileSource, files: list[Path], contract: Contract, **kw: Any):
     """``store_validated`` must give exactly what ``validate_files`` gives: counts, columns,
-    typed good rows, and rejects with file, line, raw text and every violation."""
+    typed good rows, and rejects with file, line, raw text and every violation; CSV and NDJSON
+    through the stored path itself (not its safety net)."""
     ref = validate_files(con, spec, files, contract, table="hr_ref", duplicates="prepass")
     want_good, want_bad = _rows(con, ref.good_sql()), _rows(con, ref.quarantine_sql())
     target = tmp_path / f"stored-{len(list(tmp_path.glob('stored-*')))}"
+    fallback = kw.pop("fallback", False)
     stored = store_validated(con, spec, files, contract, directory=target, name="hr_st", **kw)
     assert (stored.rows, stored.quarantined) == (ref.rows, ref.quarantined)
     assert stored.columns == ref.plan.columns
     assert _rows(con, stored.good_sql()) == want_good
     assert _rows(con, stored.quarantine_sql()) == want_bad
     assert stored.rows == len(want_good) + len(want_bad)
+    if spec.format != "parquet" and not fallback:
+        assert stored.path == "stored"
     ref.drop(con)
     stored.drop(con)
     return stored
@@ -943,6 +947,12 @@ def _scenarios(tmp_path: Path) -> dict[str, tuple[FileSource, list[Path], Contra
             [write(tmp_path, "h.csv", "1;a\n1;b\n\n2\n3;c\n")],
             Contract({"id": Int64(key=True), "name": String()}),
         ),
+        "empty and blank files": (
+            NDJSON,
+            [write(tmp_path, "z1.ndjson", b""), write(tmp_path, "z2.ndjson", b"\n  \n\n")],
+            ORDERS,
+        ),
+        "csv blank lines only": (csv, [write(tmp_path, "z.csv", "\n\n  \n")], Contract({"a": Int64(key=True)})),
         "parquet": (
             FileSource(path="*.parquet", format="parquet"),
             [tmp_path / "p.parquet"],
@@ -954,7 +964,7 @@ def _scenarios(tmp_path: Path) -> dict[str, tuple[FileSource, list[Path], Contra
 @pytest.mark.parametrize(
     "scenario",
     ["clean", "mixed", "extra keys (evolve)", "explicit nulls and duplicate members", "freeze", "discard",
-     "no keys", "gzip", "csv", "csv headerless", "parquet"],
+     "no keys", "gzip", "csv", "csv headerless", "empty and blank files", "csv blank lines only", "parquet"],
 )
 def test_stored_path_gives_exactly_the_reference_result(con, tmp_path, scenario):
     pq.write_table(pa.table({"id": [1, 2, 2, None], "v": [1, 300, 3, 4]}), tmp_path / "p.parquet")
@@ -986,7 +996,7 @@ def test_stored_path_falls_back_to_the_reference_when_counts_disagree(con, tmp_p
     gives the answer (a safety net: this never happens unless the two SQLs diverge)."""
     spec, files, contract = _scenarios(tmp_path)["mixed"]
     monkeypatch.setattr(contracts_module, "_store_fast", lambda *args, **kw: None)
-    assert same_as_reference(con, tmp_path, spec, files, contract).path == "reference"
+    assert same_as_reference(con, tmp_path, spec, files, contract, fallback=True).path == "reference"
 
 
 def test_probe_without_line_counts_classifies_files_the_same(tmp_path, monkeypatch):
