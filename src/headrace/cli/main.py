@@ -286,6 +286,34 @@ def quarantine(
         ws.close()
 
 
+@app.command()
+def vacuum(
+    tables: Annotated[list[str] | None, typer.Argument(help="Tables (default: every table in the lake).")] = None,
+    retention_hours: Annotated[int, typer.Option("--retention-hours", min=0,
+                                                 help="Keep files removed less than this long ago.")] = 168,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete data files no version needs: old removed files and files a crashed run left."""
+    from headrace.cli.render import out, print_json, simple_table
+    from headrace.lake.maintenance import vacuum as vacuum_table
+
+    ws = _workspace()
+    try:
+        names = [t.lower() for t in tables] if tables else ws.lake.list_tables()
+        results = []
+        for name in names:
+            with ws.store.lock(f"table:{name}", owner="vacuum", timeout=ws.config.run.lock_timeout_seconds):
+                results.append(vacuum_table(ws.lake, name, retention_hours=retention_hours, dry_run=dry_run))
+    finally:
+        ws.close()
+    if as_json:
+        print_json([{"table": r.table, "files": r.files, "dry_run": r.dry_run} for r in results])
+        return
+    verb = "would delete" if dry_run else "deleted"
+    out.print(simple_table(None, ["table", verb], [[r.table, str(len(r.files))] for r in results]))
+
+
 @app.command("config")
 def config_cmd(as_json: JsonOpt = False) -> None:
     """Show every setting, its value and where it came from."""
