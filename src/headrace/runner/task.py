@@ -26,7 +26,6 @@ from headrace.lake.writer import (
     append_app_id,
     publish,
 )
-from headrace.quality.contracts import check_outcome
 from headrace.runner import audit
 from headrace.sources.batches import FileEntry, InputBatch, combine, file_digest
 from headrace.sources.files import list_files
@@ -353,6 +352,10 @@ class TableTask:
         workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=self._tmp_root()))
         self._workdirs.append(workdir)
         rows, bad = session.read_validated_source(key, item, batch, contract, source_name=name, workdir=workdir)
+        from headrace.quality.contracts import (
+            check_outcome,  # only tables with contracts pay for it
+        )
+
         try:
             outcome = check_outcome(contract, rows, bad, source=name)
         except DataQualityError as exc:
@@ -373,6 +376,8 @@ class TableTask:
         workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=self._tmp_root()))
         self._workdirs.append(workdir)
         good, rows, bad = session.validate_result(self.spec, relation, contract, workdir=workdir)
+        from headrace.quality.contracts import check_outcome
+
         try:
             outcome = check_outcome(contract, rows, bad, source=f"{self.spec.name} result")
         except DataQualityError as exc:
