@@ -46,13 +46,23 @@ customers_raw = hr.files("data/customers.csv", format="csv")
     source=orders_raw,
     write="overwrite_partitions",
     partition_by="order_date",
+    # records that break the contract go to bronze.orders__quarantine with every reason
+    contract=hr.Contract({
+        "order_id": hr.Int64(key=True),
+        "customer_id": hr.Int64(nullable=False),
+        "amount": hr.Decimal(12, 2, min=0),
+        "order_ts": hr.Timestamp(nullable=False),
+    }),
+    # checked on the new rows before they become visible; a failure publishes nothing
+    checks=[hr.check.relationships("customer_id", to="bronze.customers"), hr.check.row_count(min=1)],
 )
 def orders(raw):
     """One row per order; re-running a day's files replaces exactly that day."""
     return raw.select("*, CAST(order_ts AS DATE) AS order_date")
 
 
-@hr.table("bronze.customers", source=customers_raw, write="merge", keys=["customer_id"])
+@hr.table("bronze.customers", source=customers_raw, write="merge", keys=["customer_id"],
+          checks=[hr.check.unique("customer_id")])
 def customers(raw):
     """Customers upserted by id."""
     return raw
