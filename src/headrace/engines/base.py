@@ -63,6 +63,7 @@ class StagedResult:
     schema: pa.Schema
     partition_by: tuple[str, ...]
     column_types: dict[str, str] = field(default_factory=dict)  # engine type names, for checks
+    rows_read: int | None = None  # records the engine read from uncounted sources, when exact
 
     @property
     def partitions(self) -> set[tuple[str | None, ...]]:

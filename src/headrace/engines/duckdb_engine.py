@@ -112,6 +112,7 @@ class DuckDBSession:
         self.con = con
         self._uid = _next_id()
         self._sources: dict[str, tuple[SourceSpec, list[Path], str]] = {}
+        self._uncounted: list[str] = []  # CSV/JSON sources whose rows are counted from the profile
         self._validated: dict[str, tuple[str, Any, dict[str, str | None]]] = {}
 
     # ---- inputs -------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class DuckDBSession:
             self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {reader_sql(spec, files, extra=pinned)}")
         except duckdb.Error as exc:
             raise self._source_error(exc, spec, files, source_name) from exc
+        if isinstance(spec, FileSource) and spec.format != "parquet":
+            self._uncounted.append(key)
         if isinstance(spec, FileSource) and spec.format == "parquet":
             paths = "[" + ", ".join(sql_string(str(p)) for p in files) + "]"
             row = self.con.execute(
@@ -367,9 +370,14 @@ class DuckDBSession:
             result.create_view(hidden, replace=True)
             query = f"SELECT {select} FROM {quote_ident(hidden)}"
             schema = delta_schema(self.con.sql(f"{query} LIMIT 0").to_arrow_table().schema)
-            rows = self.con.execute(
-                f"COPY ({query}) TO {sql_string(str(target.directory))} ({_copy_options(target)})"
-            ).fetchall()
+            profile = self._start_profile(target)
+            try:
+                rows = self.con.execute(
+                    f"COPY ({query}) TO {sql_string(str(target.directory))} ({_copy_options(target)})"
+                ).fetchall()
+            finally:
+                if profile:
+                    self.con.execute("PRAGMA disable_profiling")
         except duckdb.Error as exc:
             _remove_partial_files(target.directory, started)
             raise self._classify(exc, spec, where) from exc
@@ -388,7 +396,21 @@ class DuckDBSession:
             schema=schema,
             partition_by=target.partition_by,
             column_types=dict(zip(columns, [_DELTA_CASTS.get(t.upper(), t) for t in types], strict=True)),
+            rows_read=_rows_scanned(profile, len(self._uncounted)) if profile else None,
         )
+
+    def _start_profile(self, target: StageTarget) -> Path | None:
+        """Profile the COPY when CSV/JSON sources were bound: the scan operators' row counts are
+        the records read, for free (counting up front would parse the files twice)."""
+        if not self._uncounted:
+            return None
+        path = target.directory.parent / f".headrace-profile-{self._uid}-{time.time_ns()}.json"
+        try:
+            self.con.execute("PRAGMA enable_profiling='json'")
+            self.con.execute(f"PRAGMA profiling_output={sql_string(str(path))}")
+        except duckdb.Error:
+            return None
+        return path
 
     def _check_columns(self, spec: TableSpec, columns: Sequence[str], where: str) -> None:
         if len(set(columns)) != len(columns):
@@ -622,3 +644,32 @@ def _remove_partial_files(directory: Path, since: float) -> None:
 
 def _struct_literal(pairs: Iterable[tuple[str, str]]) -> str:
     return "{" + ", ".join(f"{sql_string(name)}: {sql_string(kind)}" for name, kind in pairs) + "}"
+
+
+_SCANS = ("READ_CSV", "READ_JSON", "READ_NDJSON")
+
+
+def _rows_scanned(profile: Path, sources: int) -> int | None:
+    """Records read by the CSV/JSON scans of a profiled query, or None when that is not exactly
+    the input: a scan with pushed-down filters, or a source scanned more than once."""
+    try:
+        import json as _json
+
+        tree = _json.loads(profile.read_text())
+    except (OSError, ValueError):
+        return None
+    finally:
+        profile.unlink(missing_ok=True)
+    scans: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if str(node.get("name", "")).upper().startswith(_SCANS):
+            scans.append(node)
+        for child in node.get("children", []):
+            walk(child)
+
+    for op in tree.get("operator", []) if isinstance(tree, dict) else []:
+        walk(op)
+    if len(scans) != sources or any("Filters" in (n.get("extra_info") or {}) for n in scans):
+        return None
+    return sum(int(n.get("intermediate_rows") or 0) for n in scans)

@@ -308,6 +308,8 @@ class TableTask:
             relation = self._conform(session, relation)
             audit.validate(self.spec, session.describe(self.spec, relation), self.known_tables)
             staged = session.stage(self.spec, relation, self._target())
+            if rows_in is None and staged.rows_read is not None:
+                rows_in = sum(c or 0 for c in counts) + staged.rows_read
             try:
                 checks = audit.run_checks(self.spec, session, staged, lake=self.lake, store=self.store)
                 if checks:
