@@ -41,10 +41,20 @@ def test_append_is_idempotent_per_input_batch(make_project):
     r4 = run_project(root)
     assert r4.tasks[0].status == "unchanged"
     assert table_version(root, "bronze.events") == 1
-    # a changed file is a new batch (its content hash differs)
+    # a file that changed after it was appended is refused: appending it again would duplicate
+    # the rows it already added; a full refresh rebuilds the table from the current files
     write_files(root, {"data/events/a.csv": "id,v\n1,a\n2,b\n4,d\n"})
     r5 = run_project(root)
-    assert r5.tasks[0].rows_out == 3 and table_version(root, "bronze.events") == 2
+    assert r5.status == "failed" and "already-appended file(s) changed" in r5.tasks[0].error
+    assert "data/events/a.csv" in r5.tasks[0].error and "--full-refresh" in (r5.tasks[0].hint or "")
+    assert table_version(root, "bronze.events") == 1
+    r6 = run_project(root, full_refresh=True)
+    assert r6.status == "success"
+    assert sorted(r["id"] for r in read_table(root, "bronze.events")) == [1, 2, 3, 4]
+    assert run_project(root).tasks[0].status == "unchanged"
+    write_files(root, {"data/events/c.csv": "id,v\n5,e\n"})  # after a refresh, appends go on
+    assert run_project(root).tasks[0].rows_out == 1
+    assert sorted(r["id"] for r in read_table(root, "bronze.events")) == [1, 2, 3, 4, 5]
 
 
 def test_append_app_transaction_recorded_in_delta_log(make_project):

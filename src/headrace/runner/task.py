@@ -7,6 +7,7 @@ consumed (batch id, fingerprint) is written in the same Delta commit as the data
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Collection
@@ -213,6 +214,8 @@ class TableTask:
             return inputs, list(ids.values())
         table = self.lake.open(self.spec.name)
         todo = {k: v for k, v in ids.items() if table.transaction_version(v) is None}
+        if "*" not in ids and todo:
+            self._refuse_changed_files(inputs, todo)
         if "*" in ids or len(todo) == len(ids):
             return inputs, list(todo.values())
         key, batch = next(iter(inputs.batches.items()))
@@ -225,6 +228,35 @@ class TableTask:
         )
         batch_id = combine([self.spec.name, f"{key}={new_batch.batch_id}"])
         return ResolvedInputs({key: new_batch}, inputs.snapshots, batch_id), list(todo.values())
+
+    def appended_files(self) -> dict[str, str]:
+        """Files (relative path -> content digest) whose rows the table holds, from the Delta
+        log: every append commit lists its files; a full refresh starts the list anew."""
+        seen: dict[str, str] = {}
+        for commit in self.lake.history(self.spec.name):
+            listed = commit.metadata.get("files")
+            if listed:
+                for path, digest in json.loads(listed).items():
+                    seen.setdefault(path, digest)
+            if commit.metadata.get("full_refresh") == "true":  # it rebuilt the table from these files
+                break
+        return seen
+
+    def _refuse_changed_files(self, inputs: ResolvedInputs, todo: dict[str, str]) -> None:
+        """Appending a file again after it changed would duplicate the rows it already added;
+        the table must be rebuilt instead, so say so rather than guess."""
+        batch = next(iter(inputs.batches.values()))
+        known = self.appended_files()
+        changed = [self._rel(e.path) for e in batch.files
+                   if str(e.path) in todo and known.get(self._rel(e.path)) not in (None, e.digest)]
+        if changed:
+            raise DataQualityError(
+                f"table {self.spec.name!r}: {len(changed)} already-appended file(s) changed since: "
+                f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}; appending them again "
+                "would duplicate the rows they added",
+                hint=f"rebuild from the current files: headrace run --select {self.spec.name} --full-refresh",
+                table=self.spec.name,
+            )
 
     def up_to_date(self, inputs: ResolvedInputs, fingerprint: str) -> str | None:
         """Why there is nothing to do, or None. The Delta log is the source of truth."""
@@ -331,7 +363,7 @@ class TableTask:
                     app_ids=tuple(app_ids),
                     schema_policy=self.spec.effective_schema_policy,
                     interval=self.logical_date.isoformat() if self.logical_date else None,
-                    extra_metadata={f"cursor.{k}": v for k, v in self._cursors.items() if v is not None},
+                    extra_metadata=self._commit_metadata(inputs),
                 ),
             )
         finally:
@@ -341,6 +373,19 @@ class TableTask:
                               quarantined, dropped)
         return TaskResult("success", rows_in, staged.rows, result.version, result.operation,
                           audit.summary(checks), quarantined, dropped)
+
+    def _commit_metadata(self, inputs: ResolvedInputs) -> dict[str, str]:
+        """What this commit consumed, written with its data: database watermarks, and for an
+        append table its files (so a file that later changes can be recognised)."""
+        meta = {f"cursor.{k}": v for k, v in self._cursors.items() if v is not None}
+        if isinstance(self.spec.write, Append):
+            files = {self._rel(e.path): e.digest for b in inputs.batches.values() if b.kind == "files"
+                     for e in b.files}
+            if files:
+                meta["files"] = json.dumps(files, sort_keys=True)
+            if self.full_refresh:
+                meta["full_refresh"] = "true"
+        return meta
 
     def _validate_source(self, session: Any, key: str, item: FileSource, batch: InputBatch,
                          batch_id: str) -> tuple[int, int | None, int | None]:
