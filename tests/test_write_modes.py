@@ -236,3 +236,32 @@ def test_full_refresh_rebuilds_an_append_table_once(make_project):
     # every file is recorded as appended by the refresh: the next run appends nothing
     assert run_project(root).tasks[0].status == "unchanged"
     assert len(read_table(root, "bronze.events")) == 3
+
+
+def test_filters_on_columns_without_min_max_stats_read_every_matching_row(make_project):
+    """Regression: deltalake's own pyarrow dataset turned missing min/max stats into
+    `column >= null`, so a pushed-down filter on a timestamp/decimal/float/bool column
+    silently returned nothing. Reads must see every matching row."""
+    pipe = '''
+import headrace as hr
+src = hr.files("data/x.csv", format="csv")
+
+@hr.table("bronze.x", source=src, write="overwrite_partitions", partition_by="region")
+def x(raw):
+    return "select id, region, CAST(ts AS TIMESTAMP) AS ts, CAST(amount AS DECIMAL(12,2)) AS amount, f, flag from raw"
+
+@hr.table("silver.late", inputs={"x": "bronze.x"})
+def late(x):
+    return "select id from x where ts >= TIMESTAMP '2026-01-02' and amount > 1.5 and f < 9.5 and flag"
+'''
+    root = make_project({"pipelines/p.py": pipe, "data/x.csv": (
+        "id,region,ts,amount,f,flag\n1,eu,2026-01-01 00:00:00,1.00,1.5,true\n"
+        "2,eu,2026-01-03 00:00:00,2.50,2.5,true\n3,us,2026-01-04 00:00:00,3.50,3.5,true\n"
+        "4,,2026-01-05 00:00:00,4.50,4.5,false\n")})
+    assert run_project(root).status == "success"
+    assert sorted(r["id"] for r in read_table(root, "silver.late")) == [2, 3]
+    from conftest import cli
+
+    proc = cli(root, "query", "select count(*) as n from bronze.x where ts > TIMESTAMP '2026-01-02' and region is null",
+               "--json")
+    assert json.loads(proc.stdout)["rows"] == [{"n": 1}]

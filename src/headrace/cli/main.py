@@ -208,15 +208,21 @@ def runs(
 @app.command()
 def show(
     table: Annotated[str, typer.Argument(help="Table name, e.g. bronze.orders.")],
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="History entries.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="History entries (rows with --as-of).")] = 20,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Rows as of a Delta version (7), a time (2026-01-31T12:00), or for an SCD2 "
+                        "table a date (2026-01-31): the versions valid then.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Schema, partitions, row count and Delta version history of a table."""
-    from headrace.cli.inspect import show_table
+    """Schema, partitions, row count and Delta version history of a table (or its rows --as-of)."""
+    from headrace.cli.inspect import show_as_of, show_table
 
     ws = _workspace()
     try:
-        show_table(ws, table, limit, as_json=as_json)
+        if as_of is not None:
+            show_as_of(ws, table, as_of, limit, as_json=as_json)
+        else:
+            show_table(ws, table, limit, as_json=as_json)
     finally:
         ws.close()
 

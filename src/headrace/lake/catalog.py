@@ -7,6 +7,7 @@ filesystem; why: the Rust-backed default filesystem makes processes abort at exi
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,11 +32,41 @@ class Snapshot:
     table: DeltaTable
 
     def dataset(self) -> Any:
-        """A re-scannable pyarrow dataset of this version (imported here: it loads pandas)."""
+        """A re-scannable pyarrow dataset of this version's files, built from the Delta log.
+
+        Why not ``DeltaTable.to_pyarrow_dataset``: deltalake 1.6 turns a file without min/max
+        statistics for a column into the guarantee ``column >= null``, so any filter pushed
+        down on that column (a timestamp, a decimal) skips the file and returns no rows.
+        Here each file carries only its partition values; pruning within files uses the
+        Parquet footers' own statistics. (pyarrow is imported here: it loads pandas.)
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
         import pyarrow.fs as pafs
 
+        schema = pa.schema(self.table.schema().to_arrow())
+        actions = pa.table(self.table.get_add_actions(flatten=False))
+        paths = [urllib.parse.unquote(p) for p in actions.column("path").to_pylist()]
+        partition_columns = list(self.table.metadata().partition_columns)
+        expressions = None
+        if partition_columns:
+            expressions = []
+            for values in actions.column("partition").to_pylist():
+                parts = []
+                for column in partition_columns:
+                    value = (values or {}).get(column)
+                    field = pc.field(column)
+                    kind = schema.field(column).type
+                    parts.append(field.is_null() if value is None else field == pa.scalar(value, kind))
+                expr = parts[0]
+                for part in parts[1:]:
+                    expr = expr & part
+                expressions.append(expr)
         fs = pafs.SubTreeFileSystem(str(self.path), pafs.LocalFileSystem())
-        return self.table.to_pyarrow_dataset(filesystem=fs)
+        return pads.FileSystemDataset.from_paths(
+            paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=fs, partitions=expressions
+        )
 
     def row_count(self) -> int:
         actions = self.table.get_add_actions(flatten=True)
