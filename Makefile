@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/headrace --project $(DEMO) checks
 	@echo "Re-running: every table is already up to date, so nothing is rewritten."
 	$(BIN)/headrace --project $(DEMO) run
-	@echo "Day two arrives: changed customers get new versions, one new orders partition is added."
+	@echo "Day two arrives: changed customers get new SCD2 versions, the new day of orders gets its partition."
 	$(BIN)/python $(DEMO)/generate.py --out $(DEMO)/data --day-two
 	$(BIN)/headrace --project $(DEMO) run
 	$(BIN)/headrace --project $(DEMO) query "select is_current, count(*) as versions from silver.dim_customers group by all order by all"
