@@ -103,3 +103,22 @@ def test_sqlite_source_and_database_down(make_project, tmp_path):
     assert t.status == "failed" and t.attempts == 3  # transient: retried, then a clear error
     assert "127.0.0.1:1" in t.error and "pw" not in t.error
     assert not (down / "lake/bronze/customers/_delta_log").exists()
+
+
+def test_dag_and_show_with_a_database_source(make_project, tmp_path):
+    """`headrace dag` renders a database input (it has no path) with its masked URL."""
+    import json
+
+    from conftest import cli
+
+    db = tmp_path / "d.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE c (id INTEGER, name TEXT, updated_at TEXT)")
+    con.commit()
+    con.close()
+    root = make_project({"pipelines/p.py": PIPE.format(url=f"sqlite:///{db}", table="c", lookback="0s")})
+    proc = cli(root, "dag")
+    assert proc.returncode == 0, proc.stderr
+    assert "bronze.customers" in proc.stdout and "database:" in proc.stdout and "c at sqlite" in proc.stdout
+    data = json.loads(cli(root, "dag", "--json").stdout)
+    assert "sqlite" in next(iter(data[0]["sources"].values()))

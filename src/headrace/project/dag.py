@@ -138,7 +138,7 @@ class Dag:
     def _render_row(self, name: str, width: int) -> str:
         spec = self.tables[name]
         inputs = list(self._parents[name])
-        inputs += sorted(f"{s.kind}:{s.path}" for s in spec.sources().values())
+        inputs += sorted(f"{s.kind}:{getattr(s, 'path', None) or s.describe()}" for s in spec.sources().values())
         arrow = f"  <- {', '.join(inputs)}" if inputs else ""
         return f"{name:<{width}}  [{spec.write.kind}]{arrow}"
 
