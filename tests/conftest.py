@@ -68,7 +68,7 @@ def read_table(root: Path, name: str, order_by: str | None = None) -> list[dict]
     """Read a lake table's current version as rows (via DuckDB over a pyarrow dataset)."""
     import duckdb
 
-    from headrace.lake.catalog import Lake
+    from headrace.delta.catalog import Lake
 
     snap = Lake(root / "lake").snapshot(name)
     ds = snap.dataset()  # noqa: F841  (DuckDB replacement scan)

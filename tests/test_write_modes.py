@@ -63,7 +63,7 @@ def test_append_app_transaction_recorded_in_delta_log(make_project):
     dt = DeltaTable(str(root / "lake/bronze/events"))
     meta = dt.history(1)[0]
     assert meta["headrace.mode"] == "append"
-    from headrace.lake.writer import append_app_id
+    from headrace.delta.writer import append_app_id
     from headrace.sources.batches import file_digest
 
     digest = file_digest(root / "data/events/a.csv")

@@ -302,7 +302,7 @@ def vacuum(
 ) -> None:
     """Delete data files no version needs: old removed files and files a crashed run left."""
     from headrace.cli.render import out, print_json, simple_table
-    from headrace.lake.maintenance import vacuum as vacuum_table
+    from headrace.delta.maintenance import vacuum as vacuum_table
 
     ws = _workspace()
     try:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.text import Text
 
 from headrace.cli.render import fmt_int, out, print_json, simple_table
-from headrace.lake.quarantine import quarantine_name
+from headrace.delta.quarantine import quarantine_name
 from headrace.runner.workspace import Workspace
 
 

@@ -240,7 +240,7 @@ class DuckDBSession:
 
     def quarantine_reader(self, key: str, *, table: str, run_id: str) -> pa.RecordBatchReader:
         """The rejects of a validated source, shaped as the quarantine table's rows."""
-        from headrace.lake.quarantine import select_sql
+        from headrace.delta.quarantine import select_sql
 
         view, plan, headers = self._validated[key]
         rejects = f"__hr_rejects_{self._uid}_{key}"

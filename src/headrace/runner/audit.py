@@ -10,9 +10,9 @@ from collections.abc import Collection
 from dataclasses import asdict
 from typing import Any
 
+from headrace.delta.catalog import Lake
 from headrace.engines.base import EngineSession, StagedResult
 from headrace.errors import DataQualityError, SourceError
-from headrace.lake.catalog import Lake
 from headrace.quality.checks import (
     CheckResult,
     breaker_tripped,

@@ -18,10 +18,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from headrace.delta.catalog import Lake
+from headrace.delta.writer import WriteSettings
 from headrace.engines.base import Engine
 from headrace.errors import HeadraceError
-from headrace.lake.catalog import Lake
-from headrace.lake.writer import WriteSettings
 from headrace.runner.events import Listener, RunResult, TaskOutcome
 from headrace.runner.retry import RetryPolicy, classify_transient
 from headrace.runner.task import TableTask, TaskResult

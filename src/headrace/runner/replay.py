@@ -18,8 +18,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from headrace.delta.quarantine import quarantine_name
 from headrace.errors import DefinitionError, SelectionError
-from headrace.lake.quarantine import quarantine_name
 from headrace.quality.contracts import open_raw_reader, plan_validation
 from headrace.runner.events import Listener, RunResult
 from headrace.runner.executor import Runner, RunOptions

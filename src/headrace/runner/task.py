@@ -16,17 +16,17 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from headrace.engines.base import Engine, StageTarget
-from headrace.errors import DataQualityError, DefinitionError, SourceError
-from headrace.lake.catalog import Lake, Snapshot
-from headrace.lake.quarantine import append_quarantine
-from headrace.lake.writer import (
+from headrace.delta.catalog import Lake, Snapshot
+from headrace.delta.quarantine import append_quarantine
+from headrace.delta.writer import (
     PublishRequest,
     PublishResult,
     WriteSettings,
     append_app_id,
     publish,
 )
+from headrace.engines.base import Engine, StageTarget
+from headrace.errors import DataQualityError, DefinitionError, SourceError
 from headrace.runner import audit
 from headrace.sources.batches import FileEntry, InputBatch, combine, file_digest
 from headrace.sources.files import list_files

@@ -12,11 +12,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from headrace.delta.catalog import Lake
+from headrace.delta.writer import WriteSettings
 from headrace.engines.base import Engine
 from headrace.engines.registry import create_engine
 from headrace.errors import SelectionError
-from headrace.lake.catalog import Lake
-from headrace.lake.writer import WriteSettings
 from headrace.project.config import ResolvedConfig, find_project_root, load_config
 from headrace.project.loader import Project, load_project
 from headrace.runner.events import Listener, RunResult

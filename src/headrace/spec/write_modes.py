@@ -1,6 +1,6 @@
 """Write modes: how a table's new result becomes its next Delta version.
 
-Every mode is idempotent under re-run; the lake's writer (``headrace.lake.writer``) holds the
+Every mode is idempotent under re-run; the lake's writer (``headrace.delta.writer``) holds the
 mechanics. A mode is a frozen dataclass so it can be compared, hashed into a run fingerprint
 and printed.
 """

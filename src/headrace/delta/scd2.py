@@ -37,10 +37,8 @@ import pyarrow as pa
 from deltalake import CommitProperties, Schema
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
-from headrace.engines.base import StagedResult, StageTarget, delta_schema
-from headrace.errors import DataQualityError, DefinitionError, EngineError
-from headrace.lake.catalog import META_PREFIX, Lake
-from headrace.lake.writer import (
+from headrace.delta.catalog import META_PREFIX, Lake
+from headrace.delta.writer import (
     PublishRequest,
     PublishResult,
     _as_text,
@@ -49,6 +47,8 @@ from headrace.lake.writer import (
     _same_type,
     _version,
 )
+from headrace.engines.base import StagedResult, StageTarget, delta_schema
+from headrace.errors import DataQualityError, DefinitionError, EngineError
 from headrace.sources.files import quote_ident, sql_string
 from headrace.spec.write_modes import SCD2_COLUMNS, Scd2
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from headrace.lake.catalog import META_PREFIX, Lake
+from headrace.delta.catalog import META_PREFIX, Lake
 
 SUFFIX = "__quarantine"
 

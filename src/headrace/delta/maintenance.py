@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headrace.lake.catalog import Lake
+from headrace.delta.catalog import Lake
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from deltalake.exceptions import (
 )
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from headrace.delta.catalog import META_PREFIX, Lake
 from headrace.engines.base import EngineSession, StagedResult
 from headrace.errors import DataQualityError, EngineError, TransientError
-from headrace.lake.catalog import META_PREFIX, Lake
 from headrace.sources.files import quote_ident
 from headrace.spec.tables import TableSpec
 from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions, Scd2
@@ -87,7 +87,7 @@ def publish(lake: Lake, req: PublishRequest) -> PublishResult:
         elif isinstance(mode, Merge):
             result = _merge(lake, req, mode)
         elif isinstance(mode, Scd2):
-            from headrace.lake.scd2 import publish_scd2  # imports this module
+            from headrace.delta.scd2 import publish_scd2  # imports this module
 
             result = publish_scd2(lake, req, mode)
         else:
