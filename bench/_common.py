@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -141,3 +141,27 @@ def fail(message: str) -> NoReturn:
 
 def verdict(ok: bool) -> str:  # noqa: FBT001
     return "PASS" if ok else "MISS"
+
+
+def bench_main(
+    argv: list[str],
+    *,
+    child_modes: dict[str, Any],
+    parse_args: Any,
+    run: Any,
+    render: Any,
+) -> int:
+    """The shared entry of the process-per-measurement benchmarks: a child mode runs one
+    measured step; otherwise parse, run, and print the report as a table or JSON."""
+    import json
+
+    if argv and argv[0] in child_modes:
+        child_modes[argv[0]](*argv[1:])
+        return 0
+    args = parse_args(argv)
+    report = run(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report)
+    return 0

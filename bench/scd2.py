@@ -34,6 +34,7 @@ from typing import Any
 from _common import (
     DEFAULT_WORK,
     Measured,
+    bench_main,
     clean_env,
     fail,
     measure,
@@ -370,16 +371,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in CHILD_MODES:
-        CHILD_MODES[argv[0]](*argv[1:])
-        return 0
-    args = parse_args(argv)
-    report = Bench(args).run()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        render(report)
-    return 0
+    return bench_main(argv, child_modes=CHILD_MODES, parse_args=parse_args,
+                      run=lambda args: Bench(args).run(), render=render)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 
 from deltalake import DeltaTable
 
-from conftest import cli, read_table, run_project, write_files
+from conftest import cli, read_table, run_project
 
 EVENTS = "".join(json.dumps({"id": i, "day": f"2026-03-0{1 + i % 5}", "v": i}) + "\n" for i in range(50))
 
@@ -95,4 +95,3 @@ def test_run_with_ds_and_bad_range(make_project):
     assert bad.returncode == 2 and "before --start" in bad.stderr
     worse = cli(root, "run", "--ds", "yesterday")
     assert worse.returncode == 2 and "--ds must be a date" in (worse.stderr + worse.stdout)
-    write_files(root, {})

@@ -66,9 +66,7 @@ def test_passing_checks_publish_and_warnings_are_reported(make_project):
     assert records["range(amount, min=0)"].passed is False and records["range(amount, min=0)"].failing == 1
     assert records["range(amount, min=0)"].severity == "warn"
     assert records["unique(order_id)"].passed and records["unique(order_id)"].total == 3
-    assert records["relationships(customer_id -> bronze.customers.customer_id)"].passed \
-        if "relationships(customer_id -> bronze.customers.customer_id)" in records else \
-        any(r.kind == "relationships" and r.passed for r in records.values())
+    assert records["relationships(customer_id, to=bronze.customers)"].passed
 
 
 def test_failed_error_check_publishes_nothing_and_skips_downstream(make_project):
@@ -94,8 +92,7 @@ def test_failed_error_check_publishes_nothing_and_skips_downstream(make_project)
     ws = open_ws(root)
     failed = [r for r in ws.store.check_results(table="bronze.orders", run_id=result.run_id) if not r.passed]
     ws.close()
-    assert sorted(r.kind for r in failed) == ["not_null", "range", "relationships", "unique"] or \
-        sorted(r.kind for r in failed) == ["not_null", "relationships", "unique"]
+    assert sorted(r.kind for r in failed) == ["not_null", "relationships", "unique"]  # amounts are >= 0
 
 
 def test_reader_never_sees_a_version_that_failed_a_check(make_project):
@@ -176,8 +173,9 @@ def x(raw):
     assert spike.status == "failed" and "volume_anomaly" in spike.tasks[0].error
     assert table_version(root, "bronze.x") == 2
     ws = open_ws(root)
-    assert ws.store.check_history("bronze.x", "volume_anomaly(row_count, pct_change > 0.5)") == [10.0, 11.0, 12.0] \
-        or ws.store.check_history("bronze.x", ws.store.check_results(table="bronze.x")[0].name) == [10.0, 11.0, 12.0]
+    (name,) = {r.name for r in ws.store.check_results(table="bronze.x")}
+    # the failed spike is not history: only runs that published count
+    assert ws.store.check_history("bronze.x", name) == [10.0, 11.0, 12.0]
     ws.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -121,12 +120,10 @@ def test_init_scaffolds_a_project_that_runs(tmp_path):
     assert again.returncode == 2 and "already holds" in again.stderr
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
+def test_help_imports_nothing_heavy():
     code = ("import sys, time; t=time.perf_counter(); from headrace.cli.main import app; "
             "print(sorted(m for m in ('duckdb','deltalake','pyarrow','sqlalchemy','pydantic','sqlglot') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "[]"
-    start = time.perf_counter()
     help_proc = subprocess.run([sys.executable, "-m", "headrace", "--help"], capture_output=True, text=True)
-    assert help_proc.returncode == 0 and "run" in help_proc.stdout
-    assert time.perf_counter() - start < 5  # generous; bench/ingest.py measures the 0.3 s target
+    assert help_proc.returncode == 0 and "backfill" in help_proc.stdout  # speed: bench/ingest.py

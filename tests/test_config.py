@@ -669,7 +669,7 @@ def test_alerts_default_and_switched_off(tmp_path: Path) -> None:
         ('[schedules.daily]\nselect = ["a"]\n', "schedules.daily.cron is required", 1),
         ('[schedules.d]\ncron = "@daily"\ncatchup = "al"\n', "Unknown catchup policy 'al'. Did you mean 'all'?", 3),
         ('[schedules.d]\ncron = "@daily"\ntimezone = "Europe/Pari"\n', "Did you mean 'Europe/Paris'?", 3),
-        ('[schedules.d]\ncron = "@daily"\nmax_duration = "30 minutes"\n', "'30 minutes' is not a duration", 3),
+        ('[schedules.d]\ncron = "@daily"\nmax_duration = "30 fortnights"\n', "'30 fortnights' is not a duration", 3),
         ('[schedules.d]\ncron = "@daily"\nmax_duration = 0\n', "not a positive duration", 3),
         ('[schedules.d]\ncron = "@daily"\ndeadline = "25:00"\n', "'25:00' is not a time of day", 3),
         ('[schedules.d]\ncron = "@daily"\ncrn = 1\n', "unknown key 'crn' in [schedules.d]. Did you mean 'cron'?", 3),

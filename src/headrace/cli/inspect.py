@@ -7,6 +7,7 @@ from typing import Any
 from headrace.cli.render import fmt_int, out, print_json, simple_table, styled
 from headrace.errors import EngineError, SelectionError
 from headrace.runner.workspace import Workspace
+from headrace.spec.write_modes import SCD2_COLUMNS
 
 
 def show_runs(ws: Workspace, limit: int, *, as_json: bool) -> None:
@@ -122,9 +123,6 @@ def _partition_counts(snap: Any, columns: list[str]) -> list[dict[str, Any]]:
         entry[0] += int(n or 0)
         entry[1] += 1
     return [{"values": list(k), "rows": v[0], "files": v[1]} for k, v in sorted(counts.items())]
-
-
-SCD2_COLUMNS = ("valid_from", "valid_to", "is_current")
 
 
 def resolve_as_of(ws: Workspace, name: str, text: str) -> tuple[Any, str, Any]:

@@ -106,6 +106,7 @@ from pydantic import (
 )
 
 from headrace.errors import ProjectError
+from headrace.spec._durations import duration_seconds
 from headrace.spec._names import did_you_mean
 
 CONFIG_FILE = "headrace.toml"
@@ -132,9 +133,6 @@ _MEMORY = re.compile(
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _SQLITE_URL = re.compile(r"^(sqlite(?:\+[\w.]+)?)://(.*)$", re.IGNORECASE | re.DOTALL)
 _SCHEDULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _REF = re.compile(r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{")
@@ -201,11 +199,8 @@ def parse_duration(value: Any) -> timedelta:
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and _DURATION.match(value):
-        seconds = sum(
-            float(number) * _DURATION_UNITS[unit.lower()]
-            for number, unit in _DURATION_PART.findall(value)
-        )
+    elif isinstance(value, str) and (parsed := duration_seconds(value)) is not None:
+        seconds = parsed
     else:
         raise _Invalid(
             f"{value!r} is not a duration",

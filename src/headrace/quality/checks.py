@@ -45,6 +45,7 @@ from decimal import Decimal
 from typing import Any
 
 from headrace.errors import DefinitionError
+from headrace.sources.files import quote_ident, sql_string
 from headrace.spec._names import did_you_mean
 from headrace.spec.checks import (
     AcceptedValues,
@@ -236,14 +237,6 @@ def _validate_kind(
 
 
 # ---- compilation -----------------------------------------------------------------------------
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def sql_literal(value: Any) -> str:

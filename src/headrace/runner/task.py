@@ -34,9 +34,7 @@ from headrace.spec.context import RunContext
 from headrace.spec.database import DatabaseSource
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec
-from headrace.spec.write_modes import Append, Overwrite, Scd2
-
-SCD2_COLUMNS = frozenset({"valid_from", "valid_to", "is_current", "row_hash"})
+from headrace.spec.write_modes import SCD2_COLUMNS, Append, Overwrite, Scd2
 
 
 @dataclass(frozen=True)
@@ -272,7 +270,7 @@ class TableTask:
         return None
 
     def run(self, attempt: int) -> TaskResult:
-        self._cursors: dict[str, str | None] = {}
+        self._cursors = {}  # watermarks read by this attempt
         try:
             return self._attempt(attempt)
         finally:

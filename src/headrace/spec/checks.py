@@ -38,6 +38,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal, TypedDict, Unpack
 
 from headrace.errors import DefinitionError
+from headrace.spec._durations import duration_seconds
 from headrace.spec._names import did_you_mean
 
 Severity = Literal["error", "warn"]
@@ -496,21 +497,19 @@ def _show(value: Any) -> str:
 
 # ---- durations --------------------------------------------------------------------------------
 
-_UNITS: dict[str, int] = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION = re.compile(r"^(?:\s*\d+(?:\.\d+)?\s*[wdhms])+\s*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms])")
+_UNITS: dict[str, int] = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}  # for format_duration
 
 
 def parse_duration(text: str | timedelta, *, where: str = "duration") -> timedelta:
     """``"2h"``, ``"30m"``, ``"1d"``, ``"90s"``, ``"1h30m"`` (units w d h m s) as a timedelta."""
     if isinstance(text, timedelta):
         return text
-    if not isinstance(text, str) or not _DURATION.match(text.lower()):
+    seconds = duration_seconds(text) if isinstance(text, str) else None
+    if seconds is None:
         raise DefinitionError(
             f"{where}: cannot read {text!r} as a duration",
             hint="write a number and a unit: '90s', '30m', '2h', '1d', '1w' (or '1h30m')",
         )
-    seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text.lower()))
     return timedelta(seconds=seconds)
 
 

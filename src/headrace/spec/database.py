@@ -8,13 +8,13 @@ minus ``lookback`` to catch rows that committed late. Reading is in
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from headrace.errors import DefinitionError
+from headrace.spec._durations import duration_seconds
 
 # scheme in the URL -> dialect
 DIALECTS: dict[str, str] = {
@@ -26,41 +26,19 @@ DIALECTS: dict[str, str] = {
 }
 URL_FORMS = "postgresql://user:pass@host:5432/db, mysql://user:pass@host:3306/db (or mariadb://), sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
-_UNITS: dict[str, float] = {}
-for _names, _seconds in (
-    (("s", "sec", "secs", "second", "seconds"), 1),
-    (("m", "min", "mins", "minute", "minutes"), 60),
-    (("h", "hr", "hrs", "hour", "hours"), 3600),
-    (("d", "day", "days"), 86400),
-    (("w", "week", "weeks"), 7 * 86400),
-):
-    for _name in _names:
-        _UNITS[_name] = _seconds
-_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*,?", re.IGNORECASE)
-
-
 def parse_duration(text: str) -> timedelta:
     """``"90s"``, ``"15m"``, ``"2h"``, ``"3d"``, ``"1w"``, ``"1h30m"``, ``"2 hours"`` -> timedelta.
 
     >>> parse_duration("1h30m")
     datetime.timedelta(seconds=5400)
     """
-    pos, total, parts = 0, 0.0, 0
-    text = text.strip()
-    while pos < len(text):
-        match = _PART.match(text, pos)
-        unit = match.group(2).lower() if match else ""
-        if not match or unit not in _UNITS:
-            raise DefinitionError(
-                f"invalid duration {text!r}",
-                hint="write a number and a unit, e.g. '90s', '15m', '2h', '3d', '1w' or '1h30m'",
-            )
-        total += float(match.group(1)) * _UNITS[unit]
-        parts += 1
-        pos = match.end()
-    if not parts:
-        raise DefinitionError(f"invalid duration {text!r}", hint="e.g. '15m', '2h' or '3d'")
-    return timedelta(seconds=total)
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise DefinitionError(
+            f"invalid duration {text!r}",
+            hint="write a number and a unit, e.g. '90s', '15m', '2h', '3d', '1w' or '1h30m'",
+        )
+    return timedelta(seconds=seconds)
 
 
 def dialect_of(url: str) -> str:
