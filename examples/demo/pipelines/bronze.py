@@ -38,8 +38,11 @@ ORDER_CONTRACT = hr.Contract(
 )
 def orders(raw):
     """Orders by day: a day's files re-run replace exactly that day's partition. Records that
-    break the contract go to bronze.orders__quarantine with every reason."""
-    return raw.select("*, order_ts AS order_ts_parsed, CAST(order_ts AS DATE) AS order_date")
+    break the contract go to bronze.orders__quarantine with every reason.
+
+    A SQL string over the input names is portable: it runs on DuckDB and, transpiled, on Spark
+    (``raw`` is a DuckDB relation on one engine and a Spark DataFrame on the other)."""
+    return "SELECT *, order_ts AS order_ts_parsed, CAST(order_ts AS DATE) AS order_date FROM raw"
 
 
 @hr.table("bronze.customers", source=customers_raw, write="merge", keys=["customer_id"],
@@ -56,6 +59,6 @@ def products(raw):
 
 
 @hr.table("bronze.returns", source=returns_raw, write="append")
-def returns(raw, ctx):
+def returns(raw):
     """Returns arrive as weekly batches; each batch is appended exactly once."""
-    return raw.select(f"*, '{ctx.run_id}' AS loaded_by_run")
+    return "SELECT *, CAST(returned_at AS DATE) AS returned_on FROM raw"

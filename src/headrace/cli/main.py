@@ -42,6 +42,10 @@ SelectOpt = Annotated[
     list[str] | None,
     typer.Option("--select", "-s", help="Tables: name, glob (silver.*), +name (with upstream), name+ (with downstream), tag:x."),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option("--engine", help="Engine for this command: duckdb or spark (overrides headrace.toml)."),
+]
 
 
 @app.callback()
@@ -87,10 +91,11 @@ def run(
     full_refresh: Annotated[bool, typer.Option(
         "--full-refresh", help="Rebuild the tables from all their inputs in one overwrite commit.")] = False,
     ds: Annotated[str | None, typer.Option("--ds", help="Logical date (YYYY-MM-DD) for {{ ds }} and ctx.ds.")] = None,
+    engine: EngineOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the selected tables (default: all) in dependency order."""
-    ws = _workspace()
+    ws = _workspace({"engine": engine})
     try:
         names = ws.select(select or [])
         result = _execute(lambda listener: ws.run(select or [], workers=workers, force=force,
@@ -106,10 +111,11 @@ def run(
 def retry(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix) from `headrace runs`.")],
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1)] = None,
+    engine: EngineOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run only the failed and skipped tables of an earlier run."""
-    ws = _workspace()
+    ws = _workspace({"engine": engine})
     try:
         record = ws.store.get_run(run_id)
         names = [t.table for t in ws.store.tasks(record.run_id) if t.status != "success" and t.status != "unchanged"]
@@ -138,6 +144,7 @@ def backfill(
     select: SelectOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Tables in parallel.")] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Only dates some selected table lacks.")] = False,
+    engine: EngineOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute the selection for each date in a range, resumable; each date is idempotent."""
@@ -146,7 +153,7 @@ def backfill(
     from headrace.runner.backfill import dates_between
 
     first, last = _date(start, "--start"), _date(end, "--end")
-    ws = _workspace()
+    ws = _workspace({"engine": engine})
     try:
         days = dates_between(first, last)
         with backfill_progress(len(days), enabled=not as_json) as advance:

@@ -12,6 +12,7 @@ from headrace.spec._names import did_you_mean
 # name -> "module:factory"; the module is imported only when the engine is used
 _ENGINES: dict[str, str] = {
     "duckdb": "headrace.engines.duckdb_engine:DuckDBEngine",
+    "spark": "headrace.engines.spark_engine:SparkEngine",
 }
 
 

@@ -7,7 +7,7 @@ nothing but ``name = "demo"`` (or even an empty file) is a valid project::
     default_profile = "dev"       # profile used when none is given (optional)
     lake = "lake"                 # lake root; relative paths resolve against the project folder
     state = "sqlite:///.headrace/state.db"   # or postgresql://user:pass@host/db ; relative sqlite paths resolve against the project folder
-    engine = "duckdb"             # only "duckdb" is valid for now
+    engine = "duckdb"             # duckdb (embedded, default) | spark (pip install 'headrace[spark]')
     pipelines = "pipelines"       # folder of Python definitions
     models = "models"             # folder of SQL models
 
@@ -27,6 +27,14 @@ nothing but ``name = "demo"`` (or even an empty file) is a valid project::
     memory_limit = "4GB"          # optional, passed to DuckDB as-is (validate the form number+unit)
     threads = 2                   # optional, >=1
     temp_directory = ".headrace/tmp"   # spill folder; relative to project
+
+    [spark]                       # used when engine = "spark"
+    master = "local[*]"           # local[N], spark://host:7077, yarn, k8s://https://...
+    remote = "sc://host:15002"    # optional: a Spark Connect server instead of a master
+    app_name = "headrace"
+    start_timeout_seconds = 120   # bounded wait for the application to get executors
+    [spark.conf]                  # any Spark setting, passed as-is
+    "spark.executor.memory" = "8g"
 
     [schedules.daily]             # a named pipeline schedule for `headrace serve` (any number)
     cron = "0 6 * * *"            # 5-field cron (or @hourly/@daily/...), checked with croniter
@@ -112,8 +120,8 @@ from headrace.spec._names import did_you_mean
 CONFIG_FILE = "headrace.toml"
 PROFILE_ENV = "HEADRACE_PROFILE"
 
-# Add "spark" here (and an engine) and the config accepts it everywhere.
-Engine = Literal["duckdb"]
+# An engine name here (and in engines/registry.py) is accepted everywhere.
+Engine = Literal["duckdb", "spark"]
 Compression = Literal["zstd", "snappy", "gzip", "lz4", "none"]
 CatchUp = Literal["skip", "all"]
 AlertKind = Literal["run_failed", "check_failed", "quarantine_breaker", "sla_missed"]
@@ -317,6 +325,32 @@ class DuckDBConfig(_Section):
         return value.strip() if value is not None else None
 
 
+class SparkConfig(_Section):
+    """``[spark]``: where the Spark engine runs; ``[spark.conf]`` passes any Spark setting."""
+
+    master: str = Field("local[*]", min_length=1,
+                        description="a Spark master URL such as 'local[*]', 'spark://host:7077' or 'yarn'")
+    remote: str | None = Field(None, description="a Spark Connect URL such as 'sc://host:15002'")
+    app_name: str = Field("headrace", min_length=1, description="a non-empty string")
+    start_timeout_seconds: Seconds = Field(120.0, description="a number of seconds >= 0")
+    conf: dict[str, str] = Field(default_factory=dict, description="a table of Spark settings")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _conf_text(cls, value: Any) -> Any:
+        """Spark settings are strings; TOML numbers and booleans are written the way Spark reads them."""
+        if isinstance(value, dict):
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+        return value
+
+    @field_validator("remote")
+    @classmethod
+    def _connect_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("sc://"):
+            raise _Invalid(f"{value!r} is not a Spark Connect URL", hint="write sc://host:15002")
+        return value
+
+
 class ScheduleConfig(_Section):
     """``[schedules.NAME]``: when ``headrace serve`` runs a selection, and its SLAs.
 
@@ -450,6 +484,7 @@ class _Settings(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="a table")
     write: WriteConfig = Field(default_factory=WriteConfig, description="a table")
     duckdb: DuckDBConfig = Field(default_factory=DuckDBConfig, description="a table")
+    spark: SparkConfig = Field(default_factory=SparkConfig, description="a table")
     alerts: AlertsConfig | None = Field(None, description="a table")
     schedules: dict[str, ScheduleConfig] = Field(
         default_factory=dict, description="a table of [schedules.NAME] tables"
@@ -495,8 +530,11 @@ _SECTIONS: dict[str, type[_Section]] = {
     "run": RunConfig,
     "write": WriteConfig,
     "duckdb": DuckDBConfig,
+    "spark": SparkConfig,
     "alerts": AlertsConfig,
 }
+# Section keys that are free-form tables of settings ([spark.conf]).
+_SUBTABLES = {("spark", "conf")}
 # Sections that are tables of named tables ([schedules.NAME]); flat keys are "schedules.NAME.key".
 _NAMED: dict[str, type[_Section]] = {"schedules": ScheduleConfig}
 _SCALARS = ("lake", "state", "engine", "pipelines", "models")
@@ -532,6 +570,7 @@ class ResolvedConfig:
     run: RunConfig = field(default_factory=RunConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
     alerts: AlertsConfig | None = None
     schedules: Mapping[str, ScheduleConfig] = field(default_factory=lambda: MappingProxyType({}))
     origins: Mapping[str, str] = field(
@@ -789,6 +828,11 @@ def _flatten_section(
     for key, item in value.items():
         if key not in valid:
             raise _unknown_key(key, prefix, valid, doc)
+        if isinstance(item, dict) and (section, key) in _SUBTABLES:
+            # [spark.conf]: merged key by key, so a profile can change one Spark setting
+            for name, setting in item.items():
+                flat[f"{section}.{key}.{name}"] = _Entry(setting, layer, f"{prefix}.{key}.{name}")
+            continue
         if isinstance(item, dict):
             raise doc.error(
                 f"{prefix}.{key} must be a value, not a table",
@@ -1003,6 +1047,9 @@ def _unflatten(flat: Mapping[str, _Entry]) -> dict[str, Any]:
         if section in _NAMED and sub:
             name, _, sub = sub.partition(".")
             nested.setdefault(section, {}).setdefault(name, {})[sub] = entry.value
+        elif (section, sub.partition(".")[0]) in _SUBTABLES and "." in sub:
+            table, _, name = sub.partition(".")
+            nested.setdefault(section, {}).setdefault(table, {})[name] = entry.value
         elif sub:
             nested.setdefault(section, {})[sub] = entry.value
         else:
@@ -1127,6 +1174,7 @@ def _resolve(
         run=settings.run,
         write=settings.write,
         duckdb=duckdb,
+        spark=settings.spark,
         alerts=settings.alerts if settings.alerts is not None and settings.alerts.enabled else None,
         schedules=MappingProxyType(dict(settings.schedules)),
         origins=MappingProxyType(origins),

@@ -56,12 +56,16 @@ class Workspace:
 
     def engine(self) -> Engine:
         duck = self.config.duckdb
-        return create_engine(
-            self.config.engine,
-            memory_limit=duck.memory_limit,
-            threads=duck.threads,
-            temp_directory=duck.temp_directory,
-        )
+        settings: dict[str, Any] = {
+            "memory_limit": duck.memory_limit,
+            "threads": duck.threads,
+            "temp_directory": duck.temp_directory,
+        }
+        if self.config.engine == "spark":  # DuckDB settings size its driver-side helper
+            spark = self.config.spark
+            settings.update(master=spark.master, remote=spark.remote, app_name=spark.app_name,
+                            conf=dict(spark.conf), start_timeout=spark.start_timeout_seconds)
+        return create_engine(self.config.engine, **settings)
 
     def write_settings(self) -> WriteSettings:
         w = self.config.write

@@ -1,0 +1,626 @@
+"""The scale-out engine: the same project on Apache Spark, into the same Delta tables.
+
+What runs where:
+
+* Spark (executors, in parallel): reading file sources (CSV, JSON, Parquet) and upstream
+  Delta tables, the transforms (SQL models transpiled from DuckDB's dialect, Python functions
+  receiving DataFrames), writing the result's Parquet files into the table's folder, and the
+  checks (compiled to one SQL query, transpiled).
+* The driver: the Delta commit (the files' footers become add actions; one commit per table
+  per run through deltalake, exactly as on DuckDB), and, through an embedded DuckDB over files,
+  the steps that are not distributed yet: contract validation with quarantine (so rejects
+  keep their file and line), merge (deltalake's merge) and SCD2 change sets. They stream, so
+  memory stays bounded, but they run on one machine.
+
+pyspark is imported only when this module is, i.e. only when ``engine = "spark"``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from headrace.engines.base import StagedResult, StageTarget, delta_schema
+from headrace.engines.spark_sql import to_spark_sql
+from headrace.engines.spark_stage import (
+    engine_type_name,
+    remove_side_files,
+    staged_files,
+    unique_names,
+)
+from headrace.errors import DefinitionError, EngineError, SourceError, TransformError
+from headrace.sources.batches import InputBatch
+from headrace.sources.files import quote_ident, reader_sql
+from headrace.spec.context import render_template
+from headrace.spec.sources import FileSource, SourceSpec
+from headrace.spec.tables import PythonTransform, SqlTransform, TableSpec
+
+INSTALL_HINT = "install it with: pip install 'headrace[spark]' (needs Java 17 on the PATH or JAVA_HOME)"
+
+# Settings that make Spark agree with DuckDB, so both engines write the same tables: TIMESTAMP
+# means a wall-clock time without zone (DuckDB's TIMESTAMP), instants are UTC, Parquet
+# timestamps are plain microseconds (not INT96), and no _SUCCESS marker files.
+_DEFAULT_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.timestampType": "TIMESTAMP_NTZ",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+_LOCAL_CONF: dict[str, str] = {
+    "spark.ui.enabled": "false",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.sql.shuffle.partitions": "8",
+}
+_CODECS = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "lz4": "lz4_raw", "none": "uncompressed"}
+
+_started: dict[tuple[Any, ...], Any] = {}
+_start_lock = threading.Lock()
+
+
+def _import_pyspark() -> Any:
+    try:
+        import pyspark.sql
+    except ImportError:
+        raise EngineError("the Spark engine needs pyspark, which is not installed", hint=INSTALL_HINT) from None
+    return pyspark.sql
+
+
+class SparkEngine:
+    """Apache Spark: ``master`` (local[*], spark://, yarn, k8s://) or a Spark Connect ``remote``
+    (sc://). Spark starts on the first task that needs it, so a run with nothing to do never
+    starts a JVM; one Spark application serves every engine of the process."""
+
+    name = "spark"
+
+    def __init__(
+        self,
+        *,
+        master: str = "local[*]",
+        remote: str | None = None,
+        app_name: str = "headrace",
+        conf: Mapping[str, str] | None = None,
+        start_timeout: float = 120.0,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        temp_directory: Path | str | None = None,
+    ) -> None:
+        _import_pyspark()  # fail at once, with the install hint, when pyspark is missing
+        self.master = master
+        self.remote = remote
+        self.app_name = app_name
+        self.conf = dict(conf or {})
+        self.start_timeout = start_timeout
+        self._local_settings = {"memory_limit": memory_limit, "threads": threads, "temp_directory": temp_directory}
+        self._local: Any = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def spark(self) -> Any:
+        """The Spark application, started (with a bounded wait) on first use."""
+        key = (self.master, self.remote, self.app_name, tuple(sorted(self.conf.items())))
+        with _start_lock:
+            session = _started.get(key)
+            if session is None:
+                for old in list(_started.values()):  # one SparkContext per JVM
+                    _stop(old)
+                _started.clear()
+                session = self._start()
+                _started[key] = session
+            return session
+
+    def _start(self) -> Any:
+        sql = _import_pyspark()
+        target = self.remote or self.master
+        local = self.remote is None and self.master.startswith("local")
+        if local:
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = sql.SparkSession.builder.appName(self.app_name)
+        builder = builder.remote(self.remote) if self.remote else builder.master(self.master)
+        settings = {**_DEFAULT_CONF, **(_LOCAL_CONF if local else {}), **self.conf}
+        log_config = Path(__file__).with_name("spark_log4j2.properties")
+        if local and "spark.driver.extraJavaOptions" not in settings and log_config.is_file():
+            # Spark's INFO/WARN chatter would bury the run summary; errors still print
+            settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log_config.as_uri()}"
+        if self.remote:  # a Connect server owns its static settings
+            settings = {k: v for k, v in settings.items() if k.startswith("spark.sql.")}
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        outcome: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                session = builder.getOrCreate()
+                session.range(1).count()  # proves executors accepted the application
+                outcome["session"] = session
+            except BaseException as exc:  # reported to the waiting thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=start, name="headrace-spark-start", daemon=True)
+        thread.start()
+        thread.join(self.start_timeout)
+        if thread.is_alive():
+            raise EngineError(
+                f"Spark at {target!r} did not start an application within {self.start_timeout:g} s",
+                hint="check that the master is reachable and has free executors "
+                "([spark] master / remote, start_timeout in headrace.toml)",
+            )
+        if "error" in outcome:
+            raise _start_error(outcome["error"], target) from None
+        session = outcome["session"]
+        atexit.register(_stop, session)
+        return session
+
+    def local(self) -> Any:
+        """The driver's embedded DuckDB, for the steps that are not distributed yet."""
+        from headrace.engines.duckdb_engine import DuckDBEngine
+
+        with self._lock:
+            if self._local is None:
+                self._local = DuckDBEngine(**self._local_settings)
+            return self._local
+
+    def session(self) -> SparkTaskSession:
+        spark = self.spark()
+        task_session = spark.newSession() if self.remote is None else _connect_session(self.remote)
+        return SparkTaskSession(task_session, self.local().session())
+
+    def close(self) -> None:
+        """Spark stays up for the process (another run may follow); it stops at exit."""
+        with self._lock:
+            if self._local is not None:
+                self._local.close()
+                self._local = None
+
+
+def _connect_session(remote: str) -> Any:
+    sql = _import_pyspark()
+    return sql.SparkSession.builder.remote(remote).create()
+
+
+def _stop(session: Any) -> None:
+    try:
+        session.stop()
+    except Exception:  # stopping a dead JVM at exit is not worth a traceback
+        pass
+
+
+def _start_error(exc: BaseException, target: str) -> EngineError:
+    text = _first_line(exc)
+    if "JAVA_GATEWAY_EXITED" in text or "Java gateway process exited" in text or "JAVA_HOME" in text:
+        return EngineError(f"Spark could not start its JVM: {text}", hint=INSTALL_HINT)
+    return EngineError(f"cannot start Spark at {target!r}: {text}",
+                       hint="check [spark] master / remote / conf in headrace.toml")
+
+
+def _first_line(exc: BaseException) -> str:
+    """Spark's message without the JVM stack trace that follows it."""
+    for raw in str(exc).strip().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("at ", "JVM stacktrace", "Traceback")):
+            return line[:400]
+    return type(exc).__name__
+
+
+class SparkTaskSession:
+    """One task's Spark session (its own temp views) plus the driver's DuckDB helper."""
+
+    def __init__(self, spark: Any, local: Any) -> None:
+        self.spark = spark
+        self._local = local
+        self._uid = uuid.uuid4().hex[:12]
+        self._stages: dict[int, tuple[Path, pa.Schema]] = {}
+        self._observed: list[Any] = []
+        self._sources: dict[str, str] = {}
+        self._binds = 0
+
+    # ---- inputs -------------------------------------------------------------------------
+    def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
+        """Read the files natively in parallel; CSV/JSON columns and types come from DuckDB's
+        sniffer (a sample, on the driver), so both engines type a source the same way."""
+        if not isinstance(spec, FileSource):
+            raise EngineError(f"source {source_name!r}: only file sources reach the Spark engine directly")
+        files = [e.path for e in batch.files]
+        self._sources[key] = source_name
+        try:
+            frame = self._read_files(spec, files)
+        except Exception as exc:
+            raise SourceError(f"source {source_name!r}: cannot read {spec.describe()}: {_first_line(exc)}",
+                              hint="check the file format and options") from exc
+        if spec.format == "parquet":
+            frame.createOrReplaceTempView(key)
+            return _parquet_rows(files)
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        observation = Observation(f"hr_rows_{self._uid}_{key}")
+        frame = frame.observe(observation, F.count(F.lit(1)).alias("rows"))
+        self._observed.append(observation)
+        frame.createOrReplaceTempView(key)
+        return None
+
+    def _read_files(self, spec: FileSource, files: Sequence[Path]) -> Any:
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_type
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        uris = [_uri(Path(p).resolve()) for p in files]
+        if spec.format == "parquet":
+            frame = self.spark.read.parquet(*uris)
+        else:
+            schema = self._sniff(spec, files)
+            textual = spec.format == "csv"
+            fields = []
+            for f in schema:
+                as_text = textual or pa.types.is_timestamp(f.type) or pa.types.is_date(f.type) or pa.types.is_time(f.type)
+                fields.append(StructField(f.name, StringType() if as_text else from_arrow_type(f.type, prefer_timestamp_ntz=True), True))
+            reader = self.spark.read.schema(StructType(fields)).option("mode", "FAILFAST")
+            if spec.format == "csv":
+                reader = (reader.option("header", str(spec.header).lower()).option("sep", spec.delimiter or ",")
+                          .option("quote", spec.quote if spec.quote is not None else '"')
+                          .option("escape", spec.escape if spec.escape is not None else '"'))
+                if spec.null_string is not None:
+                    reader = reader.option("nullValue", spec.null_string)
+                frame = reader.csv(uris)
+            else:
+                frame = reader.option("multiLine", str(spec.format == "json").lower()).json(uris)
+            casts = []
+            for f, read in zip(schema, fields, strict=True):
+                ident = quote_spark(f.name)
+                if isinstance(read.dataType, StringType) and not pa.types.is_string(f.type):
+                    casts.append(F.expr(f"CAST({ident} AS {_spark_ddl(f.type)})").alias(f.name))
+                else:
+                    casts.append(F.col(ident))
+            frame = frame.select(*casts)
+        if spec.filename_column:
+            frame = frame.withColumn(spec.filename_column,
+                                     F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", ""))
+        return frame
+
+    def _sniff(self, spec: FileSource, files: Sequence[Path]) -> pa.Schema:
+        plain = replace(spec, filename_column=None)
+        sql = f"SELECT * FROM ({reader_sql(plain, files)}) LIMIT 0"
+        return self._local.con.sql(sql).to_arrow_table().schema
+
+    def read_validated_source(
+        self, key: str, spec: SourceSpec, batch: InputBatch, contract: Any, *, source_name: str, workdir: Path,
+    ) -> tuple[int, int]:
+        """Contract validation runs in the driver's DuckDB (file and line of every reject);
+        Spark reads the good, typed rows it wrote."""
+        rows, bad = self._local.read_validated_source(key, spec, batch, contract, source_name=source_name,
+                                                       workdir=workdir)
+        good = workdir / f"good-{key}"
+        self._bind_from_local(key, f"SELECT * FROM {quote_ident(key)}", good)
+        return rows, bad
+
+    def _bind_from_local(self, key: str, sql: str, directory: Path) -> None:
+        """Write a driver-side DuckDB query as Parquet and expose it to Spark under ``key``."""
+        from headrace.sources.files import sql_string
+
+        schema = self._local.con.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table().schema
+        self._local.con.execute(
+            f"COPY ({sql}) TO {sql_string(str(directory))} "
+            "(FORMAT parquet, COMPRESSION zstd, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
+        )
+        self._parquet_frame(sorted(directory.glob("*.parquet")), schema).createOrReplaceTempView(key)
+
+    def validate_result(self, spec: TableSpec, result: Any, contract: Any, *, workdir: Path) -> tuple[Any, int, int]:
+        """A contract on a derived table: Spark writes the result, the driver validates it."""
+        from headrace.sources.files import sql_string
+
+        raw = workdir / "result-raw"
+        try:
+            result.write.mode("overwrite").parquet(_uri(raw))
+        except Exception as exc:
+            raise self._classify(exc, spec) from exc
+        remove_side_files(raw)
+        relation = self._local.con.sql(f"SELECT * FROM read_parquet({sql_string(str(raw / '*.parquet'))})")
+        good, rows, bad = self._local.validate_result(spec, relation, contract, workdir=workdir)
+        view = f"__hr_good_{self._uid}"
+        good.create_view(view, replace=True)
+        name = f"__hr_result_{self._uid}"
+        self._bind_from_local(name, f"SELECT * FROM {quote_ident(view)}", workdir / "result-good")
+        return self.spark.table(name), rows, bad
+
+    def quarantine_reader(self, key: str, *, table: str, run_id: str) -> pa.RecordBatchReader:
+        return self._local.quarantine_reader(key, table=table, run_id=run_id)
+
+    def read_table(self, key: str, dataset: Any) -> None:
+        """Bind an upstream table: its files are read by Spark in one scan; partition values
+        (kept in the Delta log, not in the files) are joined in by file name."""
+        self._local.read_table(key, dataset)  # driver-side steps (scd2) see it too
+        if isinstance(dataset, pa.Table):
+            frame = self.spark.createDataFrame(dataset) if dataset.num_rows else self._empty(dataset.schema)
+        else:
+            base = Path(getattr(dataset.filesystem, "base_path", "/"))
+            import pyarrow.dataset as pads
+
+            entries = [(base / frag.path, pads.get_partition_keys(frag.partition_expression))
+                       for frag in dataset.get_fragments()]
+            frame = self._parquet_frame([p for p, _ in entries], dataset.schema,
+                                        partitions={p.name: v for p, v in entries})
+        frame.createOrReplaceTempView(key)
+
+    def _empty(self, schema: pa.Schema) -> Any:
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return self.spark.createDataFrame([], from_arrow_schema(_nullable(schema), prefer_timestamp_ntz=True))
+
+    def _parquet_frame(self, paths: Sequence[Path], schema: pa.Schema, *,
+                       partitions: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+        """Parquet files as one DataFrame in ``schema``'s column order. Partition columns (not
+        stored in the files) come from ``partitions`` (file name -> values) via a broadcast join."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_schema, from_arrow_type
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        if not paths:
+            return self._empty(schema)
+        part_cols = sorted({c for values in (partitions or {}).values() for c in values} & set(schema.names))
+        data = pa.schema([f for f in schema if f.name not in part_cols])
+        frame = self.spark.read.schema(from_arrow_schema(_nullable(data), prefer_timestamp_ntz=True)).parquet(*[_uri(p) for p in paths])
+        if part_cols and len(partitions or {}) < len(paths):
+            raise EngineError("two files of one table share a file name; Spark cannot tell their partitions apart",
+                              hint="rewrite the table once on the duckdb engine (headrace run --full-refresh)")
+        if part_cols:
+            rows = [(name, *[_text(values.get(c)) for c in part_cols]) for name, values in (partitions or {}).items()]
+            struct = StructType([StructField("__hr_file", StringType())]
+                                + [StructField(c, StringType()) for c in part_cols])
+            lookup = self.spark.createDataFrame(rows, struct).select(
+                "__hr_file", *[F.col(quote_spark(c)).cast(from_arrow_type(schema.field(c).type, prefer_timestamp_ntz=True)).alias(c)
+                               for c in part_cols])
+            frame = (frame.withColumn("__hr_file", F.col("_metadata.file_name"))
+                     .join(F.broadcast(lookup), "__hr_file", "left").drop("__hr_file"))
+        return frame.select(*[F.col(quote_spark(n)) for n in schema.names])
+
+    # ---- transform ----------------------------------------------------------------------
+    def transform(self, spec: TableSpec, keys: Sequence[str], context: Any) -> Any:
+        transform = spec.transform
+        where = f"table {spec.name!r} ({spec.origin})"
+        try:
+            if isinstance(transform, SqlTransform):
+                sql = render_template(transform.query, getattr(context, "ds", None))
+                return self.spark.sql(to_spark_sql(sql, where=where))
+            if isinstance(transform, PythonTransform):
+                args: dict[str, Any] = {k: self.spark.table(k) for k in keys}
+                if transform.wants_context:
+                    args["ctx"] = context
+                return self._as_frame(transform.fn(**args), where)
+        except (DefinitionError, TransformError):
+            raise
+        except Exception as exc:
+            raise self._classify(exc, spec) from exc
+        if transform is None and len(keys) == 1:
+            return self.spark.table(keys[0])
+        raise DefinitionError(f"{where}: has no transform and {len(keys)} inputs")
+
+    def _as_frame(self, result: Any, where: str) -> Any:
+        if type(result).__name__ == "DataFrame" and type(result).__module__.startswith("pyspark"):
+            return result
+        if isinstance(result, str):
+            return self.spark.sql(to_spark_sql(result, where=where))
+        if isinstance(result, pa.Table):
+            return self.spark.createDataFrame(result) if result.num_rows else self._empty(result.schema)
+        raise TransformError(
+            f"{where}: returned {type(result).__name__} on the Spark engine",
+            hint="return a Spark DataFrame, or a SQL string (portable: it runs on both engines)",
+        )
+
+    # ---- staging ------------------------------------------------------------------------
+    def conform(self, result: Any, table_schema: pa.Schema, *, drop_extra: bool) -> Any:
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        have = list(result.columns)
+        wanted = set(table_schema.names)
+        cols = [F.col(quote_spark(c)) for c in have if not drop_extra or c in wanted]
+        missing = [f for f in table_schema if f.name not in have]
+        if not missing and len(cols) == len(have):
+            return result
+        cols += [F.lit(None).cast(from_arrow_type(f.type, prefer_timestamp_ntz=True)).alias(f.name) for f in missing]
+        return result.select(*cols)
+
+    def describe(self, spec: TableSpec, result: Any) -> dict[str, str]:
+        try:
+            schema = _arrow_schema(result.schema)
+        except Exception as exc:
+            raise self._classify(exc, spec) from exc
+        return {f.name: engine_type_name(f.type) for f in schema}
+
+    def stage(self, spec: TableSpec, result: Any, target: StageTarget) -> StagedResult:
+        """Executors write the result's Parquet files under a fresh folder in the table's
+        folder; the driver reads only their footers. Invisible until the Delta commit."""
+        where = f"table {spec.name!r} ({spec.origin})"
+        columns = list(result.columns)
+        _check_columns(spec, columns, where)
+        schema = delta_schema(_nullable(_arrow_schema(result.schema)))
+        stage_dir = target.directory / f"stage-{uuid.uuid4().hex}"
+        target.directory.mkdir(parents=True, exist_ok=True)
+        codec = _CODECS.get(target.compression, "zstd")
+        writer = result.write.mode("errorifexists").option("compression", codec)
+        if target.compression_level is not None and codec == "zstd":
+            writer = writer.option("parquet.compression.codec.zstd.level", str(target.compression_level))
+        if target.partition_by:
+            writer = writer.partitionBy(*target.partition_by)
+        try:
+            writer.parquet(_uri(stage_dir))
+        except BaseException as exc:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            if isinstance(exc, Exception):
+                raise self._classify(exc, spec) from exc
+            raise
+        remove_side_files(stage_dir)
+        unique_names(stage_dir)
+        files = staged_files(target.directory, stage_dir, schema, target.partition_by)
+        staged = StagedResult(
+            files=files,
+            rows=sum(f.rows for f in files),
+            schema=schema,
+            partition_by=target.partition_by,
+            column_types={f.name: engine_type_name(f.type) for f in schema},
+            rows_read=self._rows_read(),
+        )
+        self._stages[id(staged)] = (stage_dir, schema)
+        return staged
+
+    def _rows_read(self) -> int | None:
+        """Records read from CSV/JSON sources, observed while the result was written."""
+        if not self._observed:
+            return None
+        total = 0
+        for observation in self._observed:
+            try:
+                total += int(observation.get.get("rows", 0))
+            except Exception:  # not observed (e.g. the source was not scanned)
+                return None
+        return total
+
+    def staged_rows(self, staged: StagedResult, sql: str) -> list[tuple[Any, ...]]:
+        """Audit queries (checks, merge-key checks) over the staged files, in the driver's
+        DuckDB: the same SQL as on the DuckDB engine, so the same results, in one scan of
+        the Parquet files the executors wrote."""
+        name = self._bind_local(_staged_dataset(staged))
+        return [tuple(r) for r in self._local.con.execute(sql.replace("{staged}", quote_ident(name))).fetchall()]
+
+    def staged_reader(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
+        """The staged rows as an Arrow stream, for deltalake's merge (runs on the driver)."""
+        name = self._bind_local(_staged_dataset(staged))
+        sql = f"SELECT * FROM {quote_ident(name)} AS s" + (f" WHERE {where}" if where else "")
+        return self._local.con.sql(sql).arrow()
+
+    def _bind_local(self, dataset: Any) -> str:
+        """A fresh driver-side DuckDB view over a dataset (the staged files change per call)."""
+        self._binds += 1
+        name = f"__hr_staged_ds_{self._uid}_{self._binds}"
+        self._local.read_table(name, dataset)
+        return name
+
+    # ---- driver-side write modes (scd2) -------------------------------------------------
+    def bind_staged(self, staged: StagedResult, name: str) -> None:
+        self._local.read_table(name, _staged_dataset(staged))
+
+    def run_sql(self, sql: str) -> list[tuple[Any, ...]]:
+        return self._local.run_sql(sql)
+
+    def write_query(self, sql: str, target: StageTarget) -> StagedResult:
+        return self._local.write_query(sql, target)
+
+    def _classify(self, exc: BaseException, spec: TableSpec) -> Exception:
+        where = f"table {spec.name!r} ({spec.origin})"
+        text = _first_line(exc)
+        kind = type(exc).__name__
+        if "Malformed records" in text or "MALFORMED_RECORD" in text or "FAILFAST" in text:
+            names = ", ".join(repr(n) for n in self._sources.values())
+            return SourceError(f"{where}: cannot read source {names}: {text}",
+                               hint="fix the file, or declare a contract with on_violation='quarantine'",
+                               table=spec.name)
+        if kind in ("AnalysisException", "ParseException"):
+            return TransformError(f"{where}: {text}", table=spec.name)
+        return TransformError(f"{where}: {text}", table=spec.name)
+
+    def close(self) -> None:
+        self._local.close()
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def quote_spark(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _check_columns(spec: TableSpec, columns: Sequence[str], where: str) -> None:
+    lowered = [c.lower() for c in columns]
+    if len(set(lowered)) != len(lowered):
+        dupes = sorted({c for c in columns if lowered.count(c.lower()) > 1})
+        raise TransformError(f"{where}: result has duplicate column names {dupes}",
+                             hint="alias the columns so each name is unique")
+    needed = [*spec.partition_by, *getattr(spec.write, "keys", ())]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DefinitionError(
+            f"{where}: column(s) {missing} named in partition_by/keys are not in the result",
+            hint=f"result columns: {', '.join(columns)}",
+            table=spec.name,
+        )
+
+
+def _arrow_schema(struct: Any) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(struct, timestamp_utc=True, prefers_large_types=False)
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    """Delta columns written by headrace are nullable on both engines (DuckDB's are)."""
+    return pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
+
+
+def _spark_ddl(kind: pa.DataType) -> str:
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMP_LTZ" if kind.tz else "TIMESTAMP_NTZ"
+    return str(from_arrow_type(kind, prefer_timestamp_ntz=True).simpleString())
+
+
+def _uri(path: Path) -> str:
+    """A local file URI as Hadoop reads it: not percent-encoded (``as_uri`` would turn the
+    ``=`` of partition folders into ``%3D``, which Hadoop takes literally)."""
+    return f"file://{path}"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if hasattr(value, "isoformat"):
+        return value.isoformat(sep=" ") if hasattr(value, "hour") else value.isoformat()
+    return str(value)
+
+
+def _parquet_rows(files: Sequence[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+
+
+def _staged_dataset(staged: StagedResult) -> Any:
+    """The staged files as a pyarrow dataset typed like the result (partition values from the
+    staged files' descriptions, not re-parsed from paths)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from headrace.delta.writer import _normalise
+
+    expressions = []
+    for f in staged.files:
+        typed = _normalise(tuple(f.partition_values.get(c) for c in staged.partition_by),
+                           staged.schema, staged.partition_by)
+        expr = pc.scalar(True)
+        for column, value in zip(staged.partition_by, typed, strict=True):
+            field = pc.field(column)
+            expr = expr & (field.is_null() if value is None else field == pa.scalar(value, staged.schema.field(column).type))
+        expressions.append(expr)
+    return pads.FileSystemDataset.from_paths(
+        [str(f.path) for f in staged.files], schema=staged.schema, format=pads.ParquetFileFormat(),
+        filesystem=_local_fs(), partitions=expressions or None,
+    )
+
+
+def _local_fs() -> Any:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
+
