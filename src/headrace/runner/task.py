@@ -3,6 +3,13 @@
 The whole attempt holds the table's lock in the state store, so two runs writing one table
 serialise; the second sees the first's commit fingerprint and does nothing. What the run
 consumed (batch id, fingerprint) is written in the same Delta commit as the data.
+
+A merge or overwrite_partitions table that reads one file source works on its files
+incrementally: each commit records the files it holds (path -> digest, and which partitions
+they fed, :class:`~headrace.sources.batches.FileState`); the next run reads only new and
+changed files, and for overwrite_partitions recomputes exactly the partitions they touch
+(their new partitions plus the old ones of changed and removed files) from every file feeding
+those partitions, so the table ends as a recompute from all current files would leave it.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import date
@@ -25,16 +33,34 @@ from headrace.delta.writer import (
     append_app_id,
     publish,
 )
-from headrace.engines.base import Engine, StageTarget
+from headrace.engines.base import Engine, StagedResult, StageTarget
 from headrace.errors import DataQualityError, DefinitionError, SourceError
 from headrace.runner import audit
-from headrace.sources.batches import FileEntry, InputBatch, combine, file_digest
+from headrace.sources.batches import (
+    FileEntry,
+    FilePlan,
+    FileState,
+    InputBatch,
+    Partition,
+    advance_state,
+    combine,
+    file_digest,
+    plan_files,
+    record_files,
+)
 from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
 from headrace.spec.database import DatabaseSource
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec
-from headrace.spec.write_modes import SCD2_COLUMNS, Append, Overwrite, Scd2
+from headrace.spec.write_modes import (
+    SCD2_COLUMNS,
+    Append,
+    Merge,
+    Overwrite,
+    OverwritePartitions,
+    Scd2,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,16 @@ class ResolvedInputs:
     batches: dict[str, InputBatch]
     snapshots: dict[str, Snapshot]
     batch_id: str
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """A transform's result staged for publishing, with the counts of what it read."""
+
+    staged: StagedResult
+    rows_in: int | None
+    quarantined: int | None
+    dropped: int | None
 
 
 class TableTask:
@@ -89,11 +125,15 @@ class TableTask:
         self.logical_date = logical_date
         self._workdirs: list[Path] = []
         self._cursors: dict[str, str | None] = {}
+        self._file_state: FileState | None = None  # what the table holds, per input file
+        self._listed_at_ns = 0
 
     def resolve_inputs(self) -> ResolvedInputs:
         """Pin every input: file sets with content digests, upstream tables at a version."""
         batches: dict[str, InputBatch] = {}
         snapshots: dict[str, Snapshot] = {}
+        self._listed_at_ns = time.time_ns()
+        known = self._file_state.known() if self._file_state else None
         for key, item in sorted(self.spec.inputs.items()):
             if isinstance(item, TableRef):
                 if not self.lake.exists(item.name):
@@ -111,7 +151,8 @@ class TableTask:
                     table_version=snap.version,
                 )
             elif isinstance(item, FileSource):
-                batches[key] = list_files(item, self.root, source_name=self._source_name(key, item))
+                batches[key] = list_files(item, self.root, source_name=self._source_name(key, item),
+                                          known=known if self._file_state and key == self._file_state.key else None)
             elif isinstance(item, DatabaseSource):
                 batches[key] = self._read_database(key, item)
         batch_id = combine([self.spec.name, *(f"{k}={b.batch_id}" for k, b in sorted(batches.items()))])
@@ -279,6 +320,8 @@ class TableTask:
             self._workdirs.clear()
 
     def _attempt(self, attempt: int) -> TaskResult:
+        key = self._incremental_key()
+        self._file_state = self._recorded_files(key) if key else None
         inputs = self.resolve_inputs()
         if self._cursors and all(b.kind == "database" and not b.rows for b in inputs.batches.values()):
             return TaskResult("unchanged", 0, None, None, None, "no new rows since the stored watermark")
@@ -293,7 +336,10 @@ class TableTask:
         reason = None if app_ids else self.up_to_date(inputs, self.fingerprint(inputs))
         if reason:
             return TaskResult("unchanged", None, None, None, None, reason)
-        return self._run(attempt, inputs, app_ids)
+        note = self._full_recompute_note(key)
+        if key and note is None and self._file_state is not None and not self.force:
+            return self._run_incremental(attempt, inputs, key, self._file_state)
+        return self._run(attempt, inputs, app_ids, note=note)
 
     def _publish_spec(self) -> TableSpec:
         """A full refresh rebuilds the table from all its inputs in one overwrite commit."""
@@ -307,74 +353,210 @@ class TableTask:
             )
         return replace(self.spec, write=Overwrite())
 
-    def _run(self, attempt: int, inputs: ResolvedInputs, app_ids: list[str]) -> TaskResult:
-        fingerprint = self.fingerprint(inputs)
-        publish_spec = self._publish_spec()
+    # ---- incremental file processing ----------------------------------------------------
+
+    def _incremental_key(self) -> str | None:
+        """The input whose files this table can process incrementally, or None: a merge or
+        overwrite_partitions table reading exactly one file source, outside backfills (a
+        logical date changes what the transform does with the same files)."""
+        if self.logical_date is not None or not isinstance(self.spec.write, Merge | OverwritePartitions):
+            return None
+        if len(self.spec.inputs) != 1:
+            return None
+        key, item = next(iter(self.spec.inputs.items()))
+        return key if isinstance(item, FileSource) else None
+
+    def _recorded_files(self, key: str) -> FileState | None:
+        """The file state in the table's newest run commit (maintenance commits such as
+        OPTIMIZE carry no fingerprint and are passed over); None when that commit has none."""
+        if not self.lake.exists(self.spec.name):
+            return None
+        for commit in self.lake.history(self.spec.name, 50):
+            if "fingerprint" not in commit.metadata:
+                continue
+            text = commit.metadata.get("inputs")
+            state = FileState.loads(text) if text else None
+            return state if state is not None and state.key == key else None
+        return None
+
+    def _full_recompute_note(self, key: str | None) -> str | None:
+        """Why this run reads every file of a table that could read only new ones (None: it
+        can work incrementally; also None for tables where all files is the only way)."""
+        if key is None:
+            files = any(isinstance(i, FileSource) for i in self.spec.inputs.values())
+            if files and self.logical_date is None and isinstance(self.spec.write, Merge | OverwritePartitions):
+                return "recomputed from all files: only a table reading one file source is processed incrementally"
+            return None
+        if self.force or not self.lake.exists(self.spec.name):
+            return None  # asked for, or the first load: nothing to say
+        state = self._file_state
+        if state is None:
+            return "recomputed from all files: the table has no record of the files it holds"
+        if state.config != self.spec.config_fingerprint():
+            return "recomputed from all files: the table's definition changed"
+        return None
+
+    def _subset(self, inputs: ResolvedInputs, key: str, entries: list[FileEntry]) -> ResolvedInputs:
+        """The inputs narrowed to some files of the file source ``key``."""
+        batch = inputs.batches[key]
+        sub = InputBatch(
+            kind="files",
+            description=f"{len(entries)} of {len(batch.files)} file(s)",
+            batch_id=combine(f"{self._rel(e.path)}:{e.digest}" for e in entries),
+            files=tuple(sorted(entries, key=lambda e: str(e.path))),
+        )
+        return ResolvedInputs({key: sub}, inputs.snapshots, combine([self.spec.name, f"{key}={sub.batch_id}"]))
+
+    def _run_incremental(self, attempt: int, inputs: ResolvedInputs, key: str, state: FileState) -> TaskResult:
+        """Process only new and changed files; for overwrite_partitions, recompute the touched
+        partitions from every file feeding them (a partition overwrite from the new files
+        alone would drop the other files' rows)."""
+        plan = plan_files(state, inputs.batches[key].files, self._rel)
+        if not plan.todo and not plan.removed:
+            return TaskResult("unchanged", None, None, None, None, "no new, changed or removed files")
+        merge = isinstance(self.spec.write, Merge)
+        was_changed = set() if merge else state.partitions_of(self._rel(e.path) for e in plan.changed)
+        was_removed = set() if merge else state.partitions_of(plan.removed)
         session = self.engine.session()
         try:
-            counts: list[int | None] = []
-            quarantined = dropped = None
-            for key, batch in inputs.batches.items():
-                item = self.spec.inputs[key]
-                if isinstance(item, DatabaseSource):
-                    item = FileSource(path=str(batch.files[0].path.parent / "*.parquet"), format="parquet",
-                                      name=self._source_name(key, self.spec.inputs[key]))
-                if isinstance(item, FileSource) and self.spec.validates_source:
-                    rows, quarantined, dropped = self._validate_source(session, key, item, batch, inputs.batch_id)
-                    counts.append(rows)
-                elif isinstance(item, FileSource):
-                    counts.append(session.read_source(key, item, batch, source_name=self._source_name(key, item)))
-                else:
-                    snap = inputs.snapshots[key]
-                    session.read_table(key, snap.dataset())
-                    counts.append(snap.row_count())
-            rows_in = None if None in counts else sum(c or 0 for c in counts)
-            ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root,
-                             ds=self.logical_date)
-            relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
-            if self.spec.contract is not None and not self.spec.validates_source:
-                relation, rows_in, quarantined, dropped = self._validate_result(
-                    session, relation, inputs.batch_id)
-            relation = self._conform(session, relation)
-            audit.validate(self.spec, session.describe(self.spec, relation), self.known_tables)
-            staged = session.stage(self.spec, relation, self._target())
-            if rows_in is None and staged.rows_read is not None:
-                rows_in = sum(c or 0 for c in counts) + staged.rows_read
-            try:
-                checks = audit.run_checks(self.spec, session, staged, lake=self.lake, store=self.store)
-                if checks:
-                    audit.record(self.store, self.run_id, self.spec.name, checks)
-                audit.enforce(self.spec, checks)
-            except BaseException:
-                staged.discard()
-                raise
-            result: PublishResult = publish(
-                self.lake,
-                PublishRequest(
-                    spec=publish_spec,
-                    staged=staged,
-                    session=session,
-                    run_id=self.run_id,
-                    fingerprint=fingerprint,
-                    batch_id=inputs.batch_id,
-                    settings=self.settings,
-                    app_ids=tuple(app_ids),
-                    schema_policy=self.spec.effective_schema_policy,
-                    interval=self.logical_date.isoformat() if self.logical_date else None,
-                    extra_metadata=self._commit_metadata(inputs),
-                ),
-            )
+            first = self._compute(session, self._subset(inputs, key, list(plan.todo)), attempt) if plan.todo else None
+            produced = first.staged.partitions if first else set()
+            targets = produced | was_changed | was_removed
+            unchanged = {self._rel(e.path): e for e in plan.unchanged}
+            feeding = [] if merge else state.feeding(unchanged, targets)
+            final = first
+            if feeding:  # recompute the touched partitions from all their files
+                if first is not None:
+                    first.staged.discard()
+                session.close()
+                session = self.engine.session()
+                files = [*plan.todo, *(unchanged[p] for p in feeding)]
+                second = self._compute(session, self._subset(inputs, key, files), attempt, quarantine=False)
+                final = replace(second, staged=_only_partitions(second.staged, targets))
+            written = final.staged.partitions if final else set()
+            unfed = targets - written  # as a recompute from all files would, these are left as they are
+            note = self._incremental_note(plan, merge=merge, written=written, kept=unfed, feeding=len(feeding))
+            if final is None:  # only removals, and no other file feeds their partitions
+                return TaskResult("unchanged", None, None, None, None, note)
+            self._file_state = advance_state(state, plan, self._rel, config=self.spec.config_fingerprint(),
+                                             listed_at_ns=self._listed_at_ns, produced=None if merge else produced,
+                                             unfed=unfed)
+            return self._finish(session, final, inputs, [], note=note)
         finally:
             session.close()
+
+    def _incremental_note(self, plan: FilePlan, *, merge: bool, written: set[Partition], kept: set[Partition],
+                          feeding: int) -> str:
+        parts = [f"incremental: {plan.describe()}"]
+        if merge:
+            if plan.removed:
+                parts.append(f"rows merged from removed file(s) are kept ({_names(plan.removed)}); "
+                             "--full-refresh rebuilds from the current files")
+            return "; ".join(parts)
+        if written:
+            parts.append(f"rewrote {len(written)} partition(s) from {len(plan.todo) + feeding} file(s)")
+        if kept:
+            parts.append(f"kept {len(kept)} partition(s) as they were: no current file produces rows for them "
+                         f"({_names(self._show(p) for p in kept)}); --full-refresh drops them")
+        return "; ".join(parts)
+
+    def _show(self, partition: Partition) -> str:
+        return "/".join(f"{c}={v}" for c, v in zip(self.spec.partition_by, partition, strict=True))
+
+    def _full_state(self, inputs: ResolvedInputs, staged: StagedResult) -> FileState | None:
+        """After reading every file: all of them, as one group feeding what was written."""
+        key = self._incremental_key()
+        if key is None:
+            return None
+        merge = isinstance(self.spec.write, Merge)
+        files = record_files(inputs.batches[key].files, self._rel, listed_at_ns=self._listed_at_ns,
+                             group=None if merge else 0)
+        groups = () if merge else (frozenset(staged.partitions),)
+        return FileState(key=key, config=self.spec.config_fingerprint(), files=files, groups=groups)
+
+    # ---- compute and publish ------------------------------------------------------------
+
+    def _run(self, attempt: int, inputs: ResolvedInputs, app_ids: list[str], *, note: str | None = None) -> TaskResult:
+        session = self.engine.session()
+        try:
+            computed = self._compute(session, inputs, attempt)
+            self._file_state = self._full_state(inputs, computed.staged)
+            return self._finish(session, computed, inputs, app_ids, note=note)
+        finally:
+            session.close()
+
+    def _compute(self, session: Any, inputs: ResolvedInputs, attempt: int, *, quarantine: bool = True) -> _Computed:
+        """Read, validate and transform the inputs; stage the result as uncommitted files.
+        ``quarantine=False``: the rejects were kept when their files were first processed."""
+        counts: list[int | None] = []
+        quarantined = dropped = None
+        for key, batch in inputs.batches.items():
+            item = self.spec.inputs[key]
+            if isinstance(item, DatabaseSource):
+                item = FileSource(path=str(batch.files[0].path.parent / "*.parquet"), format="parquet",
+                                  name=self._source_name(key, self.spec.inputs[key]))
+            if isinstance(item, FileSource) and self.spec.validates_source:
+                rows, quarantined, dropped = self._validate_source(session, key, item, batch, inputs.batch_id,
+                                                                   quarantine=quarantine)
+                counts.append(rows)
+            elif isinstance(item, FileSource):
+                counts.append(session.read_source(key, item, batch, source_name=self._source_name(key, item)))
+            else:
+                snap = inputs.snapshots[key]
+                session.read_table(key, snap.dataset())
+                counts.append(snap.row_count())
+        rows_in = None if None in counts else sum(c or 0 for c in counts)
+        ctx = RunContext(run_id=self.run_id, table=self.spec.name, attempt=attempt, project_root=self.root,
+                         ds=self.logical_date)
+        relation: Any = session.transform(self.spec, list(inputs.batches), ctx)
+        if self.spec.contract is not None and not self.spec.validates_source:
+            relation, rows_in, quarantined, dropped = self._validate_result(
+                session, relation, inputs.batch_id)
+        relation = self._conform(session, relation)
+        audit.validate(self.spec, session.describe(self.spec, relation), self.known_tables)
+        staged = session.stage(self.spec, relation, self._target())
+        if rows_in is None and staged.rows_read is not None:
+            rows_in = sum(c or 0 for c in counts) + staged.rows_read
+        return _Computed(staged, rows_in, quarantined, dropped)
+
+    def _finish(self, session: Any, computed: _Computed, inputs: ResolvedInputs, app_ids: list[str], *,
+                note: str | None) -> TaskResult:
+        """Audit the staged result, then publish it as one commit recording what it consumed."""
+        staged = computed.staged
+        try:
+            checks = audit.run_checks(self.spec, session, staged, lake=self.lake, store=self.store)
+            if checks:
+                audit.record(self.store, self.run_id, self.spec.name, checks)
+            audit.enforce(self.spec, checks)
+        except BaseException:
+            staged.discard()
+            raise
+        result: PublishResult = publish(
+            self.lake,
+            PublishRequest(
+                spec=self._publish_spec(),
+                staged=staged,
+                session=session,
+                run_id=self.run_id,
+                fingerprint=self.fingerprint(inputs),
+                batch_id=inputs.batch_id,
+                settings=self.settings,
+                app_ids=tuple(app_ids),
+                schema_policy=self.spec.effective_schema_policy,
+                interval=self.logical_date.isoformat() if self.logical_date else None,
+                extra_metadata=self._commit_metadata(inputs),
+            ),
+        )
         if result.skipped:
-            return TaskResult("unchanged", rows_in, staged.rows, None, result.operation, result.skipped,
-                              quarantined, dropped)
-        return TaskResult("success", rows_in, staged.rows, result.version, result.operation,
-                          audit.summary(checks), quarantined, dropped)
+            return TaskResult("unchanged", computed.rows_in, staged.rows, None, result.operation,
+                              _join(note, result.skipped), computed.quarantined, computed.dropped)
+        return TaskResult("success", computed.rows_in, staged.rows, result.version, result.operation,
+                          _join(note, audit.summary(checks)), computed.quarantined, computed.dropped)
 
     def _commit_metadata(self, inputs: ResolvedInputs) -> dict[str, str]:
-        """What this commit consumed, written with its data: database watermarks, and for an
-        append table its files (so a file that later changes can be recognised)."""
+        """What this commit consumed, written with its data: database watermarks; for an
+        append table its files (so a file that later changes can be recognised); for a table
+        processing its files incrementally, every file it now holds and their partitions."""
         meta = {f"cursor.{k}": v for k, v in self._cursors.items() if v is not None}
         if isinstance(self.spec.write, Append):
             files = {self._rel(e.path): e.digest for b in inputs.batches.values() if b.kind == "files"
@@ -383,10 +565,12 @@ class TableTask:
                 meta["files"] = json.dumps(files, sort_keys=True)
             if self.full_refresh:
                 meta["full_refresh"] = "true"
+        elif self._file_state is not None:
+            meta["inputs"] = self._file_state.dumps()
         return meta
 
     def _validate_source(self, session: Any, key: str, item: FileSource, batch: InputBatch,
-                         batch_id: str) -> tuple[int, int | None, int | None]:
+                         batch_id: str, *, quarantine: bool = True) -> tuple[int, int | None, int | None]:
         """Validate a source against the table's contract; keep the rejects in quarantine.
 
         The quarantine is written even when the ratio breaker stops the table: rejected
@@ -404,12 +588,13 @@ class TableTask:
         try:
             outcome = check_outcome(contract, rows, bad, source=name)
         except DataQualityError as exc:
-            if contract.on_violation == "quarantine":
+            if contract.on_violation == "quarantine" and quarantine:
                 self._quarantine(session, key, batch_id, bad)
             raise DataQualityError(f"table {self.spec.name!r}: {exc.message}; nothing was published",
                                    hint=exc.hint, table=self.spec.name) from None
         if outcome.action == "quarantine":
-            self._quarantine(session, key, batch_id, bad)
+            if quarantine:
+                self._quarantine(session, key, batch_id, bad)
             return rows, bad, 0
         if outcome.action == "drop":
             return rows, 0, bad
@@ -448,3 +633,22 @@ class TableTask:
         root = self.root / ".headrace" / "tmp"
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+
+def _only_partitions(staged: StagedResult, partitions: set[Partition]) -> StagedResult:
+    """Keep the staged files of these partitions; delete the rest (never committed)."""
+    keep = tuple(f for f in staged.files if tuple(f.partition_values.get(c) for c in staged.partition_by)
+                 in partitions)
+    for f in staged.files:
+        if f not in keep:
+            f.path.unlink(missing_ok=True)
+    return replace(staged, files=keep, rows=sum(f.rows for f in keep))
+
+
+def _names(items: Any, limit: int = 3) -> str:
+    shown = sorted(items)
+    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
+
+
+def _join(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from headrace.errors import SourceError
@@ -16,11 +16,15 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def list_files(spec: FileSource, root: Path, *, source_name: str) -> InputBatch:
+def list_files(
+    spec: FileSource, root: Path, *, source_name: str, known: Mapping[str, tuple[int, int, str]] | None = None,
+) -> InputBatch:
     """Resolve the glob to a sorted file list with content digests.
 
-    An empty match or an unreadable file is an error here, before any engine work, so the
-    message can name the pattern and the file.
+    ``known`` maps a path (relative to ``root`` when inside it) to a ``(size, mtime_ns,
+    digest)`` recorded earlier: a file whose size and modification time are unchanged keeps
+    that digest instead of being read again. An empty match or an unreadable file is an error
+    here, before any engine work, so the message can name the pattern and the file.
     """
     pattern = spec.path if Path(spec.path).is_absolute() else str(root / spec.path)
     # glob.glob, not Path.glob: the pattern may be absolute and may contain '**'
@@ -36,7 +40,11 @@ def list_files(spec: FileSource, root: Path, *, source_name: str) -> InputBatch:
         path = Path(name)
         try:
             st = path.stat()
-            digest = file_digest(path)
+            seen = (known or {}).get(str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
+            if seen is not None and seen[:2] == (st.st_size, st.st_mtime_ns):
+                digest = seen[2]
+            else:
+                digest = file_digest(path)
         except OSError as exc:
             raise SourceError(
                 f"source {source_name!r}: cannot read {path}: {exc.strerror or exc}",
