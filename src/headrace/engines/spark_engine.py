@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -205,12 +206,18 @@ def _start_error(exc: BaseException, target: str) -> EngineError:
 
 
 def _first_line(exc: BaseException) -> str:
-    """Spark's message without the JVM stack trace that follows it."""
-    for raw in str(exc).strip().splitlines():
-        line = raw.strip()
-        if line and not line.startswith(("at ", "JVM stacktrace", "Traceback")):
-            return line[:400]
-    return type(exc).__name__
+    """Spark's message without the JVM stack trace that follows it; for a failure inside a
+    Python UDF on an executor, the Python exception itself (the line users can act on)."""
+    lines = [raw.strip() for raw in str(exc).strip().splitlines()]
+    first = next((ln for ln in lines if ln and not ln.startswith(("at ", "JVM stacktrace", "Traceback"))), "")
+    if "exception was thrown from the Python worker" in first:
+        raised = [ln for ln in lines if _PY_EXCEPTION.match(ln)]
+        if raised:
+            first = raised[-1]
+    return first[:400] or type(exc).__name__
+
+
+_PY_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
 
 
 class SparkTaskSession:
