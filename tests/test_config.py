@@ -499,9 +499,9 @@ def test_value_error_in_profile_names_profile_key(tmp_path: Path) -> None:
 
 
 def test_unselected_profile_is_type_checked(tmp_path: Path) -> None:
-    err = error_for(tmp_path, '[profiles.prod]\nengine = "spark"\n[profiles.dev]\n', profile="dev")
+    err = error_for(tmp_path, '[profiles.prod]\nengine = "sparc"\n[profiles.dev]\n', profile="dev")
     assert "profiles.prod.engine" in err.message
-    assert "Unknown engine 'spark'" in err.message
+    assert "Unknown engine 'sparc'" in err.message
 
 
 def test_password_not_echoed(tmp_path: Path) -> None:
@@ -533,6 +533,7 @@ def test_explain_origins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         *(f"run.{k}" for k in RunConfig.model_fields),
         *(f"write.{k}" for k in WriteConfig.model_fields),
         *(f"duckdb.{k}" for k in DuckDBConfig.model_fields),
+        *(f"spark.{k}" for k in ("master", "remote", "app_name", "start_timeout_seconds", "conf")),
     }
     assert set(origins) == expected_keys
 
@@ -704,3 +705,47 @@ def test_invalid_cron_hint_and_referenced_cron_in_other_profile(tmp_path: Path) 
                                                 ("1d", 86400), ("250ms", 0.25), (45, 45), (1.5, 1.5)])
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
+
+
+SPARK = """
+name = "p"
+engine = "spark"
+[spark]
+master = "local[2]"
+start_timeout_seconds = 30
+[spark.conf]
+"spark.executor.memory" = "2g"
+"spark.sql.adaptive.enabled" = true
+"spark.sql.shuffle.partitions" = 16
+
+[profiles.cluster.spark]
+master = "spark://master:7077"
+[profiles.cluster.spark.conf]
+"spark.executor.memory" = "8g"
+"""
+
+
+def test_spark_section_and_conf_merge_key_by_key(tmp_path: Path) -> None:
+    root = write(tmp_path, SPARK)
+    base = load_config(root)
+    assert base.engine == "spark"
+    assert base.spark.master == "local[2]"
+    assert base.spark.start_timeout_seconds == 30
+    assert base.spark.conf == {"spark.executor.memory": "2g", "spark.sql.adaptive.enabled": "true",
+                               "spark.sql.shuffle.partitions": "16"}
+    cluster = load_config(root, profile="cluster")
+    assert cluster.spark.master == "spark://master:7077"
+    # the profile changed one Spark setting; the others stay
+    assert cluster.spark.conf == {"spark.executor.memory": "8g", "spark.sql.adaptive.enabled": "true",
+                                  "spark.sql.shuffle.partitions": "16"}
+    assert load_config(root, overrides={"engine": "duckdb"}).engine == "duckdb"
+
+
+def test_spark_bad_settings_are_clear(tmp_path: Path) -> None:
+    err = error_for(tmp_path, 'name = "p"\n[spark]\nremote = "http://x:15002"\n')
+    assert_clean(err)
+    assert "Spark Connect" in err.message and "sc://" in (err.hint or "")
+    err = error_for(tmp_path / "b", 'name = "p"\n[spark]\nmastr = "local"\n')
+    assert "mastr" in err.message and "master" in err.message
+    err = error_for(tmp_path / "c", 'name = "p"\nengine = "sparks"\n')
+    assert "sparks" in err.message and "spark" in err.message
