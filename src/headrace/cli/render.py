@@ -15,15 +15,16 @@ from dataclasses import asdict, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
-from rich.live import Live
-from rich.spinner import Spinner
-from rich.table import Table
 from rich.text import Text
 
 from headrace.runner.events import RunResult, TaskOutcome
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.table import Table
 
 
 def _console(*, stderr: bool) -> Console:
@@ -80,6 +81,8 @@ def fmt_seconds(s: float | None) -> str:
 
 def simple_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     """A table with empty columns dropped; every column but the last keeps to one line."""
+    from rich.table import Table
+
     cells = [[v if isinstance(v, Text) else Text("" if v is None else str(v)) for v in r] for r in rows]
     keep = [i for i in range(len(columns)) if not cells or any(str(r[i]) for r in cells)]
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -102,6 +105,8 @@ class RunProgress:
 
     def __enter__(self) -> RunProgress:
         if self.enabled and err.is_terminal:
+            from rich.live import Live  # only a live terminal pays for it (~30 ms)
+
             self.live = Live(self._render(), console=err, refresh_per_second=8, transient=True)
             self.live.__enter__()
         return self
@@ -123,6 +128,9 @@ class RunProgress:
                 err.print(Text.assemble(f"  {outcome.table} ", styled(outcome.status), f" {note}".rstrip()))
 
     def _render(self) -> Group:
+        from rich.spinner import Spinner
+        from rich.table import Table
+
         done = sum(1 for o in self.outcomes.values() if o.status not in ("pending", "running"))
         table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
         for c in ("", "table", "status", "rows", "attempt"):

@@ -68,7 +68,6 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from headrace.errors import DataQualityError, SourceError
 from headrace.sources.files import quote_ident, sql_string
@@ -266,6 +265,8 @@ def _write_fallback(spec: FileSource, probe: FileProbe, target: Path) -> None:
     # replacement decoding never swallows a b"\n" (it is no continuation byte), so the text
     # lines align with the byte lines; the bytes tell which lines are invalid
     text = data.decode("utf-8", errors="replace").split("\n") if data else []
+    import pyarrow.parquet as pq  # irregular files are rare: only they pay for the import
+
     table = pa.table({"raw": pa.array(lines, type=pa.binary()), "text": pa.array(text, pa.string())})
     pq.write_table(table, target, compression="zstd")
 
@@ -443,16 +444,25 @@ def _json_values(layout: RawLayout) -> tuple[str, list[str]]:
 
 
 def _keys_within_sql(layout: RawLayout, reads: Sequence[str]) -> str:
-    """SQL, per JSON object line: true when it holds a top-level key outside ``layout.keys``.
+    """SQL, per valid JSON object line: true when it holds a top-level key outside
+    ``layout.keys``.
 
-    ``json_keys`` lists every member (duplicates too); when there are as many as known keys
-    with a value, every member is one of them. Only lines where that does not hold (an
-    explicit null, a duplicate or another key) take ``list_has_all``, which costs 0.5 us a
-    line against 0.05 us for ``len(json_keys())``."""
+    With ``p`` known keys holding a value (distinct members) and ``k`` members in all,
+    ``k >= p``; when ``k = p`` every member is a known key. Three tests, cheapest first:
+
+    1. Commas: an object of ``k`` members has ``k - 1`` separating commas, and commas in
+       strings, keys or nested values only add to the count, so ``commas + 1 >= k >= p``;
+       ``commas + 1 = p`` proves ``k = p`` without parsing the line again (a comma count
+       costs a third of ``json_keys``: 2M order lines, 0.18 s -> 0.06 s).
+    2. ``len(json_keys())`` (a parse), for lines with commas in their values: ``k = p``.
+    3. ``list_has_all`` (0.5 us a line), only where members outnumber the known values: an
+       explicit null, a duplicate key, or another key.
+    """
     known = _list_literal(list(layout.keys))
     present = " + ".join(f"({r} IS NOT NULL)::INTEGER" for r in reads) or "0"
     return (
-        f"CASE WHEN len(json_keys(__hr_text)) = {present} THEN false "
+        f"CASE WHEN len(string_split(__hr_text, ',')) = {present} THEN false "
+        f"WHEN len(json_keys(__hr_text)) = {present} THEN false "
         f"ELSE NOT list_has_all({known}, json_keys(__hr_text)) END"
     )
 
