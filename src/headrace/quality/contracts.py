@@ -58,10 +58,12 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import decimal
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -249,6 +251,26 @@ def probe_file(spec: FileSource, path: Path, *, count_lines: bool = True) -> Fil
         why_irregular=why,
         size=size,
     )
+
+
+# Probing many files in threads pays off above this much input: Arrow's reads (and gzip/zstd
+# decoding) release the GIL, so two threads probe 300 MB in 0.03 s instead of 0.05 s.
+_PARALLEL_PROBE_BYTES = 32 * 1024 * 1024
+
+
+def probe_files(spec: FileSource, files: Sequence[Path], *, count_lines: bool = True) -> tuple[FileProbe, ...]:
+    """``probe_file`` for each of ``files`` (in order), several at a time when there is
+    enough to read; a file that cannot be read raises as it would alone."""
+    workers = min(len(files), os.cpu_count() or 1, 4)
+    if workers > 1:
+        try:
+            total = sum(p.stat().st_size for p in files)
+        except OSError:
+            total = 0  # probe_file says which file and why
+        if total >= _PARALLEL_PROBE_BYTES:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headrace-probe") as pool:
+                return tuple(pool.map(lambda p: probe_file(spec, p, count_lines=count_lines), files))
+    return tuple(probe_file(spec, p, count_lines=count_lines) for p in files)
 
 
 def _write_fallback(spec: FileSource, probe: FileProbe, target: Path) -> None:
@@ -447,21 +469,27 @@ def _keys_within_sql(layout: RawLayout, reads: Sequence[str]) -> str:
     """SQL, per valid JSON object line: true when it holds a top-level key outside
     ``layout.keys``.
 
-    With ``p`` known keys holding a value (distinct members) and ``k`` members in all,
-    ``k >= p``; when ``k = p`` every member is a known key. Three tests, cheapest first:
+    With ``p`` known keys holding a value (distinct members; ``reads`` are their values, the
+    elements of ``__hr_v``) and ``k`` members in all, ``k >= p``; when ``k = p`` every member
+    is a known key. An object of ``k`` members has ``k - 1`` separating commas, and commas in
+    strings, keys or nested values only add to the count, so ``commas + 1 >= k >= p``: at
+    most ``p - 1`` commas proves ``k = p`` without parsing the line again. The tests, cheapest
+    first (2M order lines: 0.18 s for ``json_keys`` alone, 0.04 s for the first test):
 
-    1. Commas: an object of ``k`` members has ``k - 1`` separating commas, and commas in
-       strings, keys or nested values only add to the count, so ``commas + 1 >= k >= p``;
-       ``commas + 1 = p`` proves ``k = p`` without parsing the line again (a comma count
-       costs a third of ``json_keys``: 2M order lines, 0.18 s -> 0.06 s).
-    2. ``len(json_keys())`` (a parse), for lines with commas in their values: ``k = p``.
-    3. ``list_has_all`` (0.5 us a line), only where members outnumber the known values: an
+    1. every known key has a value and the line has fewer commas than keys: a ``LIKE`` with
+       a constant pattern (a string search);
+    2. fewer known values: ``string_split`` counts the commas;
+    3. commas in the values: ``len(json_keys())`` (a parse) equals ``p``;
+    4. ``list_has_all`` (0.5 us a line), only where members outnumber the known values: an
        explicit null, a duplicate key, or another key.
     """
     known = _list_literal(list(layout.keys))
-    present = " + ".join(f"({r} IS NOT NULL)::INTEGER" for r in reads) or "0"
+    if not reads:
+        return f"CASE WHEN len(json_keys(__hr_text)) = 0 THEN false ELSE NOT list_has_all({known}, json_keys(__hr_text)) END"
+    every, present = len(reads), "list_count(__hr_v)"
     return (
-        f"CASE WHEN len(string_split(__hr_text, ',')) = {present} THEN false "
+        f"CASE WHEN {present} = {every} AND NOT __hr_text LIKE '%{',%' * every}' THEN false "
+        f"WHEN {present} < {every} AND len(string_split(__hr_text, ',')) = {present} THEN false "
         f"WHEN len(json_keys(__hr_text)) = {present} THEN false "
         f"ELSE NOT list_has_all({known}, json_keys(__hr_text)) END"
     )
@@ -789,7 +817,7 @@ def probe_layout(
         types = tuple((str(r[0]), str(r[1])) for r in described)
         names = tuple(n for n, _ in types)
         return RawLayout(probes=(), fields=names, parquet_types=types)
-    probes = tuple(probe_file(spec, Path(p), count_lines=count_lines) for p in files)
+    probes = probe_files(spec, [Path(p) for p in files], count_lines=count_lines)
     fallback: dict[Path, Path] = {}
     for i, probe in enumerate(probes):
         if not probe.regular and probe.size:
