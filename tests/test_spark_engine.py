@@ -91,7 +91,11 @@ def _one_commit_per_table(root: Path, run_id: str, tables: list[str]) -> None:
 
 
 def _check_summary(checks: list[Any]) -> list[tuple[Any, ...]]:
-    return sorted((c.table, c.name, c.passed, c.failing, c.total) for c in checks)
+    """Every check's verdict, counts and failing-row sample (samples are ordered by key)."""
+    import json
+
+    return sorted((c.table, c.name, c.passed, c.failing, c.total, c.ratio, c.metric,
+                   json.dumps(c.sample, sort_keys=True, default=str)) for c in checks)
 
 
 def _written(result: Any) -> list[str]:
@@ -146,7 +150,14 @@ CONTRACT = hr.Contract({
                   hr.check.accepted_values("kind", ["view", "buy"]),
                   hr.check.range("amount", min=0, max=1000), hr.check.regex("code", r"[A-Z]+"),
                   hr.check.row_count(min=1), hr.check.expression("amount >= 0", name="non_negative"),
-                  hr.check.relationships("person_id", to="bronze.people", severity="warn")])
+                  hr.check.relationships("person_id", to="bronze.people", severity="warn"),
+                  # failing on purpose (warn), so failing counts and samples are compared too
+                  hr.check.range("amount", max=200, severity="warn"),
+                  hr.check.unique("person_id", "kind", severity="warn"),
+                  hr.check.expression("kind = 'buy'", name="only_buys", severity="warn"),
+                  hr.check.freshness("seen_at", max_age="3650 days", severity="warn"),
+                  hr.check.volume_anomaly(metric="sum(amount)", method="pct_change", threshold=0.1,
+                                          min_history=1, severity="warn")])
 def bronze_events(raw):
     return "SELECT *, CAST(seen_at AS DATE) AS day FROM raw"
 
@@ -210,6 +221,13 @@ def test_every_write_mode_contract_rule_and_check_kind_match(tmp_path: Path) -> 
     from headrace.delta.catalog import Lake
 
     lake = Lake(root / "lake-spark")
+    ws = _ws(root, "spark")
+    try:
+        failing = {c.name: c for c in ws.store.check_results(table="bronze.events") if not c.passed}
+    finally:
+        ws.close()
+    assert {"range(amount, max=200)", "only_buys", "unique(person_id, kind)"} <= set(failing)
+    assert all(c.sample for c in failing.values())
     assert "bronze.events__quarantine" in lake.list_tables()
     assert _digest(root / "lake-spark", "bronze.events__quarantine")[1] == 12  # 4 bad records and a duplicated key pair a day
 

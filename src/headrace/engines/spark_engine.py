@@ -5,7 +5,7 @@ What runs where:
 * Spark (executors, in parallel): reading file sources (CSV, JSON, Parquet) and upstream
   Delta tables, the transforms (SQL models transpiled from DuckDB's dialect, Python functions
   receiving DataFrames), writing the result's Parquet files into the table's folder, and the
-  checks (compiled to one SQL query, transpiled).
+  checks (the check compiler's one audit query, transpiled).
 * The driver: the Delta commit (the files' footers become add actions; one commit per table
   per run through deltalake, exactly as on DuckDB), and, through an embedded DuckDB over files,
   the steps that are not distributed yet: contract validation with quarantine (so rejects
@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from headrace.engines.base import StagedResult, StageTarget, delta_schema
-from headrace.engines.spark_sql import to_spark_sql
+from headrace.engines.spark_sql import audit_to_spark_sql, to_spark_sql
 from headrace.engines.spark_stage import (
     engine_type_name,
     remove_side_files,
@@ -494,11 +494,14 @@ class SparkTaskSession:
         return total
 
     def staged_rows(self, staged: StagedResult, sql: str) -> list[tuple[Any, ...]]:
-        """Audit queries (checks, merge-key checks) over the staged files, in the driver's
-        DuckDB: the same SQL as on the DuckDB engine, so the same results, in one scan of
-        the Parquet files the executors wrote."""
-        name = self._bind_local(_staged_dataset(staged))
-        return [tuple(r) for r in self._local.con.execute(sql.replace("{staged}", quote_ident(name))).fetchall()]
+        """Audit queries (checks, merge-key checks) run on Spark over the staged files: the
+        check compiler's SQL, transpiled (see :func:`audit_to_spark_sql`)."""
+        view = f"__hr_staged_{self._uid}"
+        partitions = {f.path.name: f.partition_values for f in staged.files}
+        frame = self._parquet_frame([f.path for f in staged.files], staged.schema, partitions=partitions)
+        frame.createOrReplaceTempView(view)
+        text = audit_to_spark_sql(sql.replace("{staged}", view))
+        return [tuple(_plain(v) for v in row) for row in self.spark.sql(text).collect()]
 
     def staged_reader(self, staged: StagedResult, *, where: str | None = None) -> pa.RecordBatchReader:
         """The staged rows as an Arrow stream, for deltalake's merge (runs on the driver)."""
@@ -579,6 +582,15 @@ def _spark_ddl(kind: pa.DataType) -> str:
     if pa.types.is_timestamp(kind):
         return "TIMESTAMP_LTZ" if kind.tz else "TIMESTAMP_NTZ"
     return str(from_arrow_type(kind, prefer_timestamp_ntz=True).simpleString())
+
+
+def _plain(value: Any) -> Any:
+    """Spark rows (structs) as dicts, recursively, as DuckDB returns them."""
+    if hasattr(value, "asDict"):
+        return {k: _plain(v) for k, v in value.asDict(recursive=False).items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _uri(path: Path) -> str:

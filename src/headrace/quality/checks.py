@@ -310,7 +310,9 @@ def _unique_sql(sets: Sequence[tuple[str, ...]], relation: str) -> str:
         count_as = "__hr_n_rows" if "n_rows" in s else "n_rows"
         pack = "struct_pack(" + ", ".join([*map(quote_ident, s), f"{count_as} := __hr_n"]) + ")"
         items.append(f"coalesce(sum(__hr_n) FILTER (WHERE {where}), 0) AS __hr_u{2 * j}")
-        items.append(f"arg_max({pack}, __hr_n, {SAMPLE_ROWS}) FILTER (WHERE {where}) AS __hr_u{2 * j + 1}")
+        # most duplicated first, ties by key: the same sample on every run and engine
+        order = "row(" + ", ".join(["-__hr_n", *map(quote_ident, s)]) + ")"
+        items.append(f"arg_min({pack}, {order}, {SAMPLE_ROWS}) FILTER (WHERE {where}) AS __hr_u{2 * j + 1}")
     cols = ", ".join(quote_ident(c) for c in every)
     if len(sets) == 1:
         nonnull = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in sets[0])
@@ -362,8 +364,9 @@ def _sample_agg(check: Check, flag: str, key: Sequence[str], columns: Collection
     """Up to 5 failing rows as a list of structs.
 
     Fields: the key plus the offending columns; for an expression, the columns it names when
-    ``columns`` is known, else the whole row. Ordered by key when there is one, so reruns
-    show the same rows; ``row(...)`` keeps rows whose key is NULL (arg_min skips NULL orders).
+    ``columns`` is known, else the whole row. Ordered by key when there is one (else by the
+    sampled values), so reruns show the same rows; ``row(...)`` keeps rows whose key is NULL
+    (arg_min skips NULL orders).
     """
     names = [*key, *check.columns_used()]
     if isinstance(check, Expression) and columns is not None:
@@ -371,7 +374,8 @@ def _sample_agg(check: Check, flag: str, key: Sequence[str], columns: Collection
     names = list(dict.fromkeys(names))
     whole_row = isinstance(check, Expression) and (columns is None or not names)
     pack = _ROW if whole_row else "struct_pack(" + ", ".join(f"{quote_ident(n)} := {quote_ident(n)}" for n in names) + ")"
-    order = f"row({', '.join(map(quote_ident, key))})" if key else "0"
+    # without a key the sampled values order themselves: the same sample on every run and engine
+    order = f"row({', '.join(map(quote_ident, key))})" if key else pack
     return f"arg_min({pack}, {order}, {SAMPLE_ROWS}) FILTER (WHERE {flag})"
 
 
