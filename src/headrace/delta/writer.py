@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -158,6 +158,9 @@ def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
     if table is None:
         return _first_merge(lake, req, mode)
     evolve = _check_schema(req, table, mode="merge")
+    rewrite = getattr(req.session, "merge_rewrite", None)
+    if rewrite is not None and not evolve:
+        return _merge_by_rewrite(lake, req, mode, table, rewrite)
     on = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in mode.keys)
     merger = table.merge(
         source=req.session.staged_reader(req.staged),
@@ -169,14 +172,49 @@ def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
         commit_properties=_commit_properties(req),
     )
     if mode.delete_when:
-        merger = merger.when_matched_delete(predicate=mode.delete_when)
+        # a row whose delete_when is NULL is not a delete: it is upserted like any other
+        deletes = f"coalesce(({mode.delete_when}), false)"
+        merger = merger.when_matched_delete(predicate=deletes)
         merger = merger.when_matched_update_all()
-        merger = merger.when_not_matched_insert_all(predicate=f"NOT ({mode.delete_when})")
+        merger = merger.when_not_matched_insert_all(predicate=f"NOT {deletes}")
     else:
         merger = merger.when_matched_update_all().when_not_matched_insert_all()
     metrics = merger.execute()
     written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
     return PublishResult(_version(lake, req), "merge", written)
+
+
+def _merge_by_rewrite(lake: Lake, req: PublishRequest, mode: Merge, table: DeltaTable,
+                      rewrite: Any) -> PublishResult:
+    """Copy-on-write merge computed by the engine (Spark's executors): the files holding a
+    key of the new rows are rewritten with their other rows plus the new rows (deletes left
+    out); one commit removes them and adds the rewritten ones. The driver sees file names."""
+    from headrace.engines.base import StageTarget
+
+    snapshot = lake.snapshot(req.spec.name)
+    target = StageTarget(directory=lake.path(req.spec.name), partition_by=req.spec.partition_by,
+                         compression=req.settings.compression,
+                         compression_level=req.settings.compression_level,
+                         target_file_size=req.settings.target_file_size)
+    written, replaced, upserted = rewrite(req.staged, snapshot.dataset(), mode.keys, mode.delete_when, target)
+    try:
+        live = pa.table(table.get_add_actions(flatten=False))
+        paths = [urllib.parse.unquote(p) for p in live.column("path").to_pylist()]
+        sizes = live.column("size_bytes").to_pylist()
+        parts = live.column("partition").to_pylist() if "partition" in live.column_names else [None] * len(paths)
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        gone = set(replaced)
+        removes = [
+            RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=sizes[i],
+                         partition_values={c: _as_text((parts[i] or {}).get(c)) for c in req.spec.partition_by})
+            for i, path in enumerate(paths) if path in gone
+        ]
+        out = replace(req, staged=written)
+        version = _commit(lake, out, table, adds=_adds(out), removes=removes, mode="append")
+    except BaseException:
+        written.discard()
+        raise
+    return PublishResult(version, "merge", upserted)
 
 
 def _first_merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:

@@ -6,11 +6,12 @@ What runs where:
   Delta tables, the transforms (SQL models transpiled from DuckDB's dialect, Python functions
   receiving DataFrames), writing the result's Parquet files into the table's folder, and the
   checks (the check compiler's one audit query, transpiled).
+  Merge is a copy-on-write rewrite on the executors (:meth:`SparkTaskSession.merge_rewrite`).
 * The driver: the Delta commit (the files' footers become add actions; one commit per table
   per run through deltalake, exactly as on DuckDB), and, through an embedded DuckDB over files,
   the steps that are not distributed yet: contract validation with quarantine (so rejects
-  keep their file and line), merge (deltalake's merge) and SCD2 change sets. They stream, so
-  memory stays bounded, but they run on one machine.
+  keep their file and line) and SCD2 change sets. They stream, so memory stays bounded, but
+  they run on one machine.
 
 pyspark is imported only when this module is, i.e. only when ``engine = "spark"``.
 """
@@ -227,7 +228,6 @@ class SparkTaskSession:
         self.spark = spark
         self._local = local
         self._uid = uuid.uuid4().hex[:12]
-        self._stages: dict[int, tuple[Path, pa.Schema]] = {}
         self._observed: list[Any] = []
         self._sources: dict[str, str] = {}
         self._binds = 0
@@ -350,13 +350,7 @@ class SparkTaskSession:
         if isinstance(dataset, pa.Table):
             frame = self.spark.createDataFrame(dataset) if dataset.num_rows else self._empty(dataset.schema)
         else:
-            base = Path(getattr(dataset.filesystem, "base_path", "/"))
-            import pyarrow.dataset as pads
-
-            entries = [(base / frag.path, pads.get_partition_keys(frag.partition_expression))
-                       for frag in dataset.get_fragments()]
-            frame = self._parquet_frame([p for p, _ in entries], dataset.schema,
-                                        partitions={p.name: v for p, v in entries})
+            frame = self._dataset_frame(dataset)
         frame.createOrReplaceTempView(key)
 
     def _empty(self, schema: pa.Schema) -> Any:
@@ -365,31 +359,39 @@ class SparkTaskSession:
         return self.spark.createDataFrame([], from_arrow_schema(_nullable(schema), prefer_timestamp_ntz=True))
 
     def _parquet_frame(self, paths: Sequence[Path], schema: pa.Schema, *,
-                       partitions: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
+                       partitions: Mapping[str, Mapping[str, Any]] | None = None,
+                       log_paths: Mapping[str, str] | None = None, file_column: str | None = None) -> Any:
         """Parquet files as one DataFrame in ``schema``'s column order. Partition columns (not
-        stored in the files) come from ``partitions`` (file name -> values) via a broadcast join."""
+        stored in the files) come from ``partitions`` (file name -> values) via a broadcast
+        join, which also gives each row its file's log path (``log_paths``) when asked."""
         from pyspark.sql import functions as F
         from pyspark.sql.pandas.types import from_arrow_schema, from_arrow_type
         from pyspark.sql.types import StringType, StructField, StructType
 
+        wanted = [F.col(quote_spark(n)) for n in schema.names] + ([F.col(file_column)] if file_column else [])
         if not paths:
-            return self._empty(schema)
+            empty = self._empty(schema)
+            return empty.withColumn(file_column, F.lit(None).cast("string")) if file_column else empty
         part_cols = sorted({c for values in (partitions or {}).values() for c in values} & set(schema.names))
-        data = pa.schema([f for f in schema if f.name not in part_cols])
-        frame = self.spark.read.schema(from_arrow_schema(_nullable(data), prefer_timestamp_ntz=True)).parquet(*[_uri(p) for p in paths])
-        if part_cols and len(partitions or {}) < len(paths):
+        if len(partitions or {}) < len(paths) and (part_cols or file_column):
             raise EngineError("two files of one table share a file name; Spark cannot tell their partitions apart",
                               hint="rewrite the table once on the duckdb engine (headrace run --full-refresh)")
-        if part_cols:
-            rows = [(name, *[_text(values.get(c)) for c in part_cols]) for name, values in (partitions or {}).items()]
-            struct = StructType([StructField("__hr_file", StringType())]
+        data = pa.schema([f for f in schema if f.name not in part_cols])
+        frame = self.spark.read.schema(from_arrow_schema(_nullable(data), prefer_timestamp_ntz=True)).parquet(
+            *[_uri(p) for p in paths])
+        if part_cols or file_column:
+            names = list(partitions or {})
+            rows = [(name, (log_paths or {}).get(name), *[_text((partitions or {})[name].get(c)) for c in part_cols])
+                    for name in names]
+            struct = StructType([StructField("__hr_name", StringType()), StructField("__hr_log", StringType())]
                                 + [StructField(c, StringType()) for c in part_cols])
             lookup = self.spark.createDataFrame(rows, struct).select(
-                "__hr_file", *[F.col(quote_spark(c)).cast(from_arrow_type(schema.field(c).type, prefer_timestamp_ntz=True)).alias(c)
-                               for c in part_cols])
-            frame = (frame.withColumn("__hr_file", F.col("_metadata.file_name"))
-                     .join(F.broadcast(lookup), "__hr_file", "left").drop("__hr_file"))
-        return frame.select(*[F.col(quote_spark(n)) for n in schema.names])
+                "__hr_name", F.col("__hr_log").alias(file_column or "__hr_log"),
+                *[F.col(quote_spark(c)).cast(from_arrow_type(schema.field(c).type, prefer_timestamp_ntz=True)).alias(c)
+                  for c in part_cols])
+            frame = (frame.withColumn("__hr_name", F.col("_metadata.file_name"))
+                     .join(F.broadcast(lookup), "__hr_name", "left").drop("__hr_name"))
+        return frame.select(*wanted)
 
     # ---- transform ----------------------------------------------------------------------
     def transform(self, spec: TableSpec, keys: Sequence[str], context: Any) -> Any:
@@ -448,38 +450,81 @@ class SparkTaskSession:
     def stage(self, spec: TableSpec, result: Any, target: StageTarget) -> StagedResult:
         """Executors write the result's Parquet files under a fresh folder in the table's
         folder; the driver reads only their footers. Invisible until the Delta commit."""
-        where = f"table {spec.name!r} ({spec.origin})"
-        columns = list(result.columns)
-        _check_columns(spec, columns, where)
-        schema = delta_schema(_nullable(_arrow_schema(result.schema)))
+        _check_columns(spec, list(result.columns), f"table {spec.name!r} ({spec.origin})")
+        try:
+            staged = self._write(result, target)
+        except Exception as exc:
+            raise self._classify(exc, spec) from exc
+        return replace(staged, rows_read=self._rows_read())
+
+    def _write(self, frame: Any, target: StageTarget) -> StagedResult:
+        schema = delta_schema(_nullable(_arrow_schema(frame.schema)))
         stage_dir = target.directory / f"stage-{uuid.uuid4().hex}"
         target.directory.mkdir(parents=True, exist_ok=True)
         codec = _CODECS.get(target.compression, "zstd")
-        writer = result.write.mode("errorifexists").option("compression", codec)
+        writer = frame.write.mode("errorifexists").option("compression", codec)
         if target.compression_level is not None and codec == "zstd":
             writer = writer.option("parquet.compression.codec.zstd.level", str(target.compression_level))
         if target.partition_by:
             writer = writer.partitionBy(*target.partition_by)
         try:
             writer.parquet(_uri(stage_dir))
-        except BaseException as exc:
+        except BaseException:
             shutil.rmtree(stage_dir, ignore_errors=True)
-            if isinstance(exc, Exception):
-                raise self._classify(exc, spec) from exc
             raise
         remove_side_files(stage_dir)
         unique_names(stage_dir)
         files = staged_files(target.directory, stage_dir, schema, target.partition_by)
-        staged = StagedResult(
+        return StagedResult(
             files=files,
             rows=sum(f.rows for f in files),
             schema=schema,
             partition_by=target.partition_by,
             column_types={f.name: engine_type_name(f.type) for f in schema},
-            rows_read=self._rows_read(),
         )
-        self._stages[id(staged)] = (stage_dir, schema)
-        return staged
+
+    def merge_rewrite(self, staged: StagedResult, dataset: Any, keys: Sequence[str], delete_when: str | None,
+                      target: StageTarget) -> tuple[StagedResult, list[str], int]:
+        """A copy-on-write merge on the executors: find the table files holding a key of the
+        new rows, rewrite their other rows together with the new rows (those matching
+        ``delete_when`` left out), and return the rewritten files, the replaced files' log
+        paths and the count of rows upserted. Only file names reach the driver."""
+        from pyspark.sql import functions as F
+
+        table = self._dataset_frame(dataset, file_column="__hr_file")
+        new = self._staged_frame(staged)
+        if delete_when:
+            view = f"__hr_merge_src_{self._uid}"
+            new.createOrReplaceTempView(view)
+            new = self.spark.sql(to_spark_sql(
+                f"SELECT * FROM {view} AS s WHERE NOT coalesce(({delete_when}), false)", where="merge delete_when"))
+        key_cols = [quote_spark(k) for k in keys]
+        incoming = self._staged_frame(staged).select(*key_cols).distinct()
+        touched = table.join(incoming, list(keys), "left_semi").select("__hr_file").distinct()
+        replaced = [row[0] for row in touched.collect()]
+        kept = (table.join(F.broadcast(touched), "__hr_file", "left_semi")
+                .join(incoming, list(keys), "left_anti").drop("__hr_file"))
+        columns = [F.col(quote_spark(n)) for n in staged.schema.names]
+        written = self._write(kept.select(*columns).unionByName(new.select(*columns)), target)
+        upserted = staged.rows if not delete_when else int(new.count())
+        return written, replaced, upserted
+
+    def _staged_frame(self, staged: StagedResult) -> Any:
+        partitions = {f.path.name: f.partition_values for f in staged.files}
+        return self._parquet_frame([f.path for f in staged.files], staged.schema, partitions=partitions)
+
+    def _dataset_frame(self, dataset: Any, *, file_column: str | None = None) -> Any:
+        """A Delta snapshot's dataset (see :meth:`Snapshot.dataset`) as a DataFrame, with the
+        Delta log path of each row's file in ``file_column`` when asked."""
+        import pyarrow.dataset as pads
+
+        base = Path(getattr(dataset.filesystem, "base_path", "/"))
+        entries = [(frag.path, pads.get_partition_keys(frag.partition_expression))
+                   for frag in dataset.get_fragments()]
+        return self._parquet_frame([base / rel for rel, _ in entries], dataset.schema,
+                                   partitions={Path(rel).name: v for rel, v in entries},
+                                   log_paths={Path(rel).name: rel for rel, _ in entries} if file_column else None,
+                                   file_column=file_column)
 
     def _rows_read(self) -> int | None:
         """Records read from CSV/JSON sources, observed while the result was written."""
@@ -497,9 +542,7 @@ class SparkTaskSession:
         """Audit queries (checks, merge-key checks) run on Spark over the staged files: the
         check compiler's SQL, transpiled (see :func:`audit_to_spark_sql`)."""
         view = f"__hr_staged_{self._uid}"
-        partitions = {f.path.name: f.partition_values for f in staged.files}
-        frame = self._parquet_frame([f.path for f in staged.files], staged.schema, partitions=partitions)
-        frame.createOrReplaceTempView(view)
+        self._staged_frame(staged).createOrReplaceTempView(view)
         text = audit_to_spark_sql(sql.replace("{staged}", view))
         return [tuple(_plain(v) for v in row) for row in self.spark.sql(text).collect()]
 
