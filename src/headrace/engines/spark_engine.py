@@ -128,7 +128,7 @@ class SparkEngine:
         local = self.remote is None and self.master.startswith("local")
         if local:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = sql.SparkSession.builder.appName(self.app_name)
+        builder = sql.SparkSession.Builder().appName(self.app_name)  # a fresh builder: the shared one keeps options
         builder = builder.remote(self.remote) if self.remote else builder.master(self.master)
         settings = {**_DEFAULT_CONF, **(_LOCAL_CONF if local else {}), **self.conf}
         log_config = Path(__file__).with_name("spark_log4j2.properties")
@@ -175,8 +175,15 @@ class SparkEngine:
 
     def session(self) -> SparkTaskSession:
         spark = self.spark()
-        task_session = spark.newSession() if self.remote is None else _connect_session(self.remote)
+        if self.remote is None:
+            task_session = spark.newSession()  # its own temp views; settings from the application
+        else:  # a Connect session of its own per task, with the SQL settings each session needs
+            task_session = _connect_session(self.remote, self._sql_settings())
         return SparkTaskSession(task_session, self.local().session())
+
+    def _sql_settings(self) -> dict[str, str]:
+        settings = {**_DEFAULT_CONF, **self.conf}
+        return {k: v for k, v in settings.items() if k.startswith("spark.sql.")}
 
     def close(self) -> None:
         """Spark stays up for the process (another run may follow); it stops at exit."""
@@ -186,9 +193,12 @@ class SparkEngine:
                 self._local = None
 
 
-def _connect_session(remote: str) -> Any:
+def _connect_session(remote: str, settings: Mapping[str, str]) -> Any:
     sql = _import_pyspark()
-    return sql.SparkSession.builder.remote(remote).create()
+    builder = sql.SparkSession.Builder().remote(remote)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.create()
 
 
 def _stop(session: Any) -> None:
@@ -228,7 +238,7 @@ class SparkTaskSession:
         self.spark = spark
         self._local = local
         self._uid = uuid.uuid4().hex[:12]
-        self._observed: list[Any] = []
+        self._observed: list[tuple[Any, Any]] = []  # (observation, the unobserved source)
         self._sources: dict[str, str] = {}
         self._binds = 0
 
@@ -252,8 +262,8 @@ class SparkTaskSession:
         from pyspark.sql import functions as F
 
         observation = Observation(f"hr_rows_{self._uid}_{key}")
+        self._observed.append((observation, frame))
         frame = frame.observe(observation, F.count(F.lit(1)).alias("rows"))
-        self._observed.append(observation)
         frame.createOrReplaceTempView(key)
         return None
 
@@ -462,7 +472,7 @@ class SparkTaskSession:
         stage_dir = target.directory / f"stage-{uuid.uuid4().hex}"
         target.directory.mkdir(parents=True, exist_ok=True)
         codec = _CODECS.get(target.compression, "zstd")
-        writer = frame.write.mode("errorifexists").option("compression", codec)
+        writer = frame.write.mode("error").option("compression", codec)
         if target.compression_level is not None and codec == "zstd":
             writer = writer.option("parquet.compression.codec.zstd.level", str(target.compression_level))
         if target.partition_by:
@@ -527,15 +537,15 @@ class SparkTaskSession:
                                    file_column=file_column)
 
     def _rows_read(self) -> int | None:
-        """Records read from CSV/JSON sources, observed while the result was written."""
+        """Records read from CSV/JSON sources, observed while the result was written. Spark
+        Connect (4.0) reports no observed metrics for a write; there the source is counted,
+        one more read of it, so the count invariant still holds."""
         if not self._observed:
             return None
         total = 0
-        for observation in self._observed:
-            try:
-                total += int(observation.get.get("rows", 0))
-            except Exception:  # not observed (e.g. the source was not scanned)
-                return None
+        for observation, source in self._observed:
+            seen = _observed_rows(observation)
+            total += seen if seen is not None else int(source.count())
         return total
 
     def staged_rows(self, staged: StagedResult, sql: str) -> list[tuple[Any, ...]]:
@@ -625,6 +635,19 @@ def _spark_ddl(kind: pa.DataType) -> str:
     if pa.types.is_timestamp(kind):
         return "TIMESTAMP_LTZ" if kind.tz else "TIMESTAMP_NTZ"
     return str(from_arrow_type(kind, prefer_timestamp_ntz=True).simpleString())
+
+
+def _observed_rows(observation: Any) -> int | None:
+    """The observed row count, or None when there is none. Never blocks: ``Observation.get``
+    waits for ever when the optimiser pruned the source's scan (``WHERE false``)."""
+    jvm_side = getattr(observation, "_jo", None)
+    if jvm_side is not None:  # classic: a bounded wait (~0.1 s) on the JVM's observation
+        metrics = jvm_side.getOrEmpty()
+        return int(metrics.apply("rows")) if metrics.contains("rows") else None
+    try:  # Spark Connect: filled only by actions that return rows
+        return int(observation.get["rows"])
+    except Exception:
+        return None
 
 
 def _plain(value: Any) -> Any:
