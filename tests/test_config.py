@@ -739,6 +739,9 @@ def test_spark_section_and_conf_merge_key_by_key(tmp_path: Path) -> None:
     assert cluster.spark.conf == {"spark.executor.memory": "8g", "spark.sql.adaptive.enabled": "true",
                                   "spark.sql.shuffle.partitions": "16"}
     assert load_config(root, overrides={"engine": "duckdb"}).engine == "duckdb"
+    origins = {key: origin for key, _, origin in cluster.explain()}
+    assert set(origins["spark.conf"].split(", ")) == {"headrace.toml", "profile cluster"}
+    assert origins["spark.master"] == "profile cluster"
 
 
 def test_spark_bad_settings_are_clear(tmp_path: Path) -> None:

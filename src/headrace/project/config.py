@@ -601,7 +601,15 @@ class ResolvedConfig:
         values = [(k, _mask_webhook(v) if k == "alerts.webhook" else v) for k, v in values]
         for name, schedule in self.schedules.items():
             values += [(f"schedules.{name}.{key}", getattr(schedule, key)) for key in ScheduleConfig.model_fields]
-        return [(key, value, self.origins.get(key, "default")) for key, value in values]
+        return [(key, value, self._origin(key)) for key, value in values]
+
+    def _origin(self, key: str) -> str:
+        """Where a value came from; a table of settings ([spark.conf]) merged from several
+        layers names each layer once."""
+        if key in self.origins:
+            return self.origins[key]
+        parts = [o for k, o in self.origins.items() if k.startswith(f"{key}.")]
+        return ", ".join(dict.fromkeys(parts)) or "default"
 
 
 # --------------------------------------------------------------------------- public API
