@@ -29,6 +29,26 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def check_result_columns(spec: TableSpec, columns: Sequence[str], where: str) -> None:
+    """A result must name each column once (case-insensitively: both engines' SQL and Delta
+    do) and hold the partition and key columns its table names."""
+    from headrace.errors import DefinitionError, TransformError
+
+    lowered = [c.lower() for c in columns]
+    if len(set(lowered)) != len(lowered):
+        dupes = sorted({c for c in columns if lowered.count(c.lower()) > 1})
+        raise TransformError(f"{where}: result has duplicate column names {dupes}",
+                             hint="alias the columns so each name is unique")
+    needed = [*spec.partition_by, *getattr(spec.write, "keys", ())]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DefinitionError(
+            f"{where}: column(s) {missing} named in partition_by/keys are not in the result",
+            hint=f"result columns: {', '.join(columns)}",
+            table=spec.name,
+        )
+
+
 @dataclass(frozen=True)
 class StageTarget:
     """Where and how to write a result's Parquet files: inside the table's folder, where they

@@ -20,7 +20,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from headrace.engines.base import StagedFile, StagedResult, StageTarget, delta_schema
+from headrace.engines.base import (
+    StagedFile,
+    StagedResult,
+    StageTarget,
+    check_result_columns,
+    delta_schema,
+)
 from headrace.errors import DefinitionError, EngineError, SourceError, TransformError
 from headrace.sources.batches import InputBatch
 from headrace.sources.files import quote_ident, reader_sql, sql_string
@@ -361,7 +367,7 @@ class DuckDBSession:
             types = [str(t) for t in result.types]
         except duckdb.Error as exc:
             raise self._classify(exc, spec, where) from exc
-        self._check_columns(spec, columns, where)
+        check_result_columns(spec, columns, where)
         select = ", ".join(_delta_column(c, t) for c, t in zip(columns, types, strict=True))
         hidden = f"__hr_rel_{self._uid}"
         target.directory.mkdir(parents=True, exist_ok=True)
@@ -411,22 +417,6 @@ class DuckDBSession:
         except duckdb.Error:
             return None
         return path
-
-    def _check_columns(self, spec: TableSpec, columns: Sequence[str], where: str) -> None:
-        if len(set(columns)) != len(columns):
-            dupes = sorted({c for c in columns if columns.count(c) > 1})
-            raise TransformError(f"{where}: result has duplicate column names {dupes}",
-                                 hint="alias the columns so each name is unique")
-        needed = list(spec.partition_by)
-        keys = getattr(spec.write, "keys", ())
-        needed += list(keys)
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise DefinitionError(
-                f"{where}: column(s) {missing} named in partition_by/keys are not in the result",
-                hint=f"result columns: {', '.join(columns)}",
-                table=spec.name,
-            )
 
     def _classify(self, exc: duckdb.Error, spec: TableSpec, where: str) -> Exception:
         """Errors surface while the result streams; name the bad source file when there is one."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from headrace.engines.base import StagedResult, StageTarget, delta_schema
+from headrace.engines.base import StagedResult, StageTarget, check_result_columns, delta_schema
 from headrace.engines.spark_sql import audit_to_spark_sql, to_spark_sql
 from headrace.engines.spark_stage import (
     engine_type_name,
@@ -460,7 +460,7 @@ class SparkTaskSession:
     def stage(self, spec: TableSpec, result: Any, target: StageTarget) -> StagedResult:
         """Executors write the result's Parquet files under a fresh folder in the table's
         folder; the driver reads only their footers. Invisible until the Delta commit."""
-        _check_columns(spec, list(result.columns), f"table {spec.name!r} ({spec.origin})")
+        check_result_columns(spec, list(result.columns), f"table {spec.name!r} ({spec.origin})")
         try:
             staged = self._write(result, target)
         except Exception as exc:
@@ -600,22 +600,6 @@ class SparkTaskSession:
 
 def quote_spark(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
-
-
-def _check_columns(spec: TableSpec, columns: Sequence[str], where: str) -> None:
-    lowered = [c.lower() for c in columns]
-    if len(set(lowered)) != len(lowered):
-        dupes = sorted({c for c in columns if lowered.count(c.lower()) > 1})
-        raise TransformError(f"{where}: result has duplicate column names {dupes}",
-                             hint="alias the columns so each name is unique")
-    needed = [*spec.partition_by, *getattr(spec.write, "keys", ())]
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise DefinitionError(
-            f"{where}: column(s) {missing} named in partition_by/keys are not in the result",
-            hint=f"result columns: {', '.join(columns)}",
-            table=spec.name,
-        )
 
 
 def _arrow_schema(struct: Any) -> pa.Schema:
