@@ -206,6 +206,7 @@ def _fixture_day(root: Path, day: int) -> None:
                                            for p in range(1, 7)]
     if day == 2:
         people.append("7,Person 7,silver,U")
+    people.append('8,"Person 8, of two\nlines",silver,U')  # a quoted field with a comma and a line break
     write_files(root, {f"data/events/day{day}.ndjson": "\n".join(lines + bad) + "\n",
                        f"data/people/people{day}.csv": "\n".join(people) + "\n"})
     if day == 2:

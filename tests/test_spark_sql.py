@@ -81,3 +81,19 @@ def test_footer_stats_and_file_hygiene(tmp_path: Path) -> None:
     unique_names(tmp_path / "stage-x")
     left = sorted(p.name for p in (tmp_path / "stage-x").rglob("*") if p.is_file())
     assert len(left) == 1 and left[0].startswith("part-") and "same" not in left[0]
+
+
+def test_spark_errors_are_shown_by_their_cause() -> None:
+    from headrace.engines.spark_engine import _first_line
+
+    py4j = Exception(
+        "An error occurred while calling o90.parquet.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 8.0 failed 1 "
+        "times, most recent failure: Lost task 0.0: org.apache.spark.SparkException: "
+        "[MALFORMED_RECORD_IN_PARSING] Malformed records are detected in record parsing: [8,x].\n"
+        "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(DAGScheduler.scala:2856)")
+    assert _first_line(py4j) == "[MALFORMED_RECORD_IN_PARSING] Malformed records are detected in record parsing: [8,x]."
+    udf = Exception("An exception was thrown from the Python worker. Please see the stack trace below.\n"
+                    "Traceback (most recent call last):\n  File \"p.py\", line 9, in boom\n"
+                    "RuntimeError: executor lost\n\tat org.apache.spark.api.python.X.y(X.scala:1)")
+    assert _first_line(udf) == "RuntimeError: executor lost"

@@ -221,10 +221,14 @@ def _first_line(exc: BaseException) -> str:
     Python UDF on an executor, the Python exception itself (the line users can act on)."""
     lines = [raw.strip() for raw in str(exc).strip().splitlines()]
     first = next((ln for ln in lines if ln and not ln.startswith(("at ", "JVM stacktrace", "Traceback"))), "")
-    if "exception was thrown from the Python worker" in first:
+    if first.startswith("An error occurred while calling"):  # py4j's wrapper: the cause follows
+        first = next((ln.lstrip(": ") for ln in lines[1:] if ln and not ln.startswith("at ")), first)
+    if "exception was thrown from the Python worker" in first or "PythonException" in first:
         raised = [ln for ln in lines if _PY_EXCEPTION.match(ln)]
         if raised:
             first = raised[-1]
+    elif "Job aborted due to stage failure" in first and "Exception: " in first:
+        first = first.rsplit("Exception: ", 1)[1]  # the task's own error, not the scheduler's
     return first[:400] or type(exc).__name__
 
 
@@ -284,7 +288,10 @@ class SparkTaskSession:
                 fields.append(StructField(f.name, StringType() if as_text else from_arrow_type(f.type, prefer_timestamp_ntz=True), True))
             reader = self.spark.read.schema(StructType(fields)).option("mode", "FAILFAST")
             if spec.format == "csv":
+                # multiLine: a quoted field may hold line breaks (DuckDB reads them so); it costs
+                # splitting a single file across tasks, files still read in parallel
                 reader = (reader.option("header", str(spec.header).lower()).option("sep", spec.delimiter or ",")
+                          .option("multiLine", "true")
                           .option("quote", spec.quote if spec.quote is not None else '"')
                           .option("escape", spec.escape if spec.escape is not None else '"'))
                 if spec.null_string is not None:
