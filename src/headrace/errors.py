@@ -92,3 +92,16 @@ class TransientError(HeadraceError):
 def is_retryable(error: BaseException) -> bool:
     """True when the runner should retry after ``error``; only transient errors qualify."""
     return isinstance(error, HeadraceError) and error.retryable
+
+
+def engine_message(exc: BaseException, lines: int = 2) -> str:
+    """An engine's error message, its first ``lines`` lines joined, without the SQL it echoes
+    (DuckDB appends ``LINE 1: ...`` and the statement): what a user-facing error shows."""
+    kept: list[str] = []
+    for raw in str(exc).strip().splitlines():
+        line = raw.strip()
+        if line.startswith("LINE "):
+            break
+        if line:
+            kept.append(line)
+    return " ".join(kept[:lines]) or type(exc).__name__

@@ -41,32 +41,17 @@ class Snapshot:
         Parquet footers' own statistics. (pyarrow is imported here: it loads pandas.)
         """
         import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.dataset as pads
         import pyarrow.fs as pafs
+
+        from headrace.delta.partitions import file_dataset
 
         schema = pa.schema(self.table.schema().to_arrow())
         actions = pa.table(self.table.get_add_actions(flatten=False))
         paths = [urllib.parse.unquote(p) for p in actions.column("path").to_pylist()]
         partition_columns = list(self.table.metadata().partition_columns)
-        expressions = None
-        if partition_columns:
-            expressions = []
-            for values in actions.column("partition").to_pylist():
-                parts = []
-                for column in partition_columns:
-                    value = (values or {}).get(column)
-                    field = pc.field(column)
-                    kind = schema.field(column).type
-                    parts.append(field.is_null() if value is None else field == pa.scalar(value, kind))
-                expr = parts[0]
-                for part in parts[1:]:
-                    expr = expr & part
-                expressions.append(expr)
+        values = actions.column("partition").to_pylist() if partition_columns else [{}] * len(paths)
         fs = pafs.SubTreeFileSystem(str(self.path), pafs.LocalFileSystem())
-        return pads.FileSystemDataset.from_paths(
-            paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=fs, partitions=expressions
-        )
+        return file_dataset(paths, schema, partition_columns, [v or {} for v in values], fs)
 
     def row_count(self) -> int:
         actions = self.table.get_add_actions(flatten=True)

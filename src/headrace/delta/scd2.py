@@ -38,10 +38,10 @@ from deltalake import CommitProperties, Schema
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from headrace.delta.catalog import META_PREFIX, Lake
+from headrace.delta.partitions import partition_text
 from headrace.delta.writer import (
     PublishRequest,
     PublishResult,
-    _as_text,
     _commit_properties,
     _open,
     _same_type,
@@ -376,7 +376,7 @@ class _Scd2Publish:
                 abs_path=str(root / urllib.parse.unquote(path)),
                 log_path=path,
                 size=int(sizes[i]),
-                partitions={c: _as_text(raw.get(c)) for c in self.partition_by},
+                partitions={c: partition_text(raw.get(c)) for c in self.partition_by},
             ))
         if files and self.partition_by:
             columns: dict[str, list[Any]] = {"__hr_f": [f.abs_path for f in files]}
@@ -496,14 +496,7 @@ class _Scd2Publish:
         return f"SELECT {', '.join(cols)} FROM ({body})"
 
     def _target(self) -> StageTarget:
-        s = self.req.settings
-        return StageTarget(
-            directory=self.lake.path(self.name),
-            partition_by=self.partition_by,
-            compression=s.compression,
-            compression_level=s.compression_level,
-            target_file_size=s.target_file_size,
-        )
+        return self.req.settings.target(self.lake.path(self.name), self.partition_by)
 
     def _commit(self, out: StagedResult, affected: Sequence[_LiveFile], *, counts: dict[str, int]) -> int:
         base = _commit_properties(self.req)

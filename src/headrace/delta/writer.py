@@ -15,6 +15,7 @@ import datetime as dt
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +29,8 @@ from deltalake.exceptions import (
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from headrace.delta.catalog import META_PREFIX, Lake
-from headrace.engines.base import EngineSession, StagedResult
+from headrace.delta.partitions import partition_text, typed_partition_values
+from headrace.engines.base import EngineSession, StagedResult, StageTarget
 from headrace.errors import DataQualityError, EngineError, TransientError
 from headrace.sources.files import quote_ident
 from headrace.spec.tables import TableSpec
@@ -42,6 +44,11 @@ class WriteSettings:
     compression: str = "zstd"
     compression_level: int | None = None
     target_file_size: int = 128 * 1024 * 1024
+
+    def target(self, directory: Path, partition_by: tuple[str, ...]) -> StageTarget:
+        """Where and how an engine writes a table's files under these settings."""
+        return StageTarget(directory=directory, partition_by=partition_by, compression=self.compression,
+                           compression_level=self.compression_level, target_file_size=self.target_file_size)
 
 
 @dataclass(frozen=True)
@@ -189,13 +196,8 @@ def _merge_by_rewrite(lake: Lake, req: PublishRequest, mode: Merge, table: Delta
     """Copy-on-write merge computed by the engine (Spark's executors): the files holding a
     key of the new rows are rewritten with their other rows plus the new rows (deletes left
     out); one commit removes them and adds the rewritten ones. The driver sees file names."""
-    from headrace.engines.base import StageTarget
-
     snapshot = lake.snapshot(req.spec.name)
-    target = StageTarget(directory=lake.path(req.spec.name), partition_by=req.spec.partition_by,
-                         compression=req.settings.compression,
-                         compression_level=req.settings.compression_level,
-                         target_file_size=req.settings.target_file_size)
+    target = req.settings.target(lake.path(req.spec.name), req.spec.partition_by)
     written, replaced, upserted = rewrite(req.staged, snapshot.dataset(), mode.keys, mode.delete_when, target)
     try:
         live = pa.table(table.get_add_actions(flatten=False))
@@ -206,7 +208,7 @@ def _merge_by_rewrite(lake: Lake, req: PublishRequest, mode: Merge, table: Delta
         gone = set(replaced)
         removes = [
             RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=sizes[i],
-                         partition_values={c: _as_text((parts[i] or {}).get(c)) for c in req.spec.partition_by})
+                         partition_values={c: partition_text((parts[i] or {}).get(c)) for c in req.spec.partition_by})
             for i, path in enumerate(paths) if path in gone
         ]
         out = replace(req, staged=written)
@@ -317,7 +319,7 @@ def _commit(
 
 def _files_in_partitions(table: DeltaTable, req: PublishRequest) -> list[RemoveAction]:
     """Remove actions for every live file in a partition the new result touches."""
-    wanted = {_normalise(values, req.staged.schema, req.staged.partition_by) for values in req.staged.partitions}
+    wanted = {typed_partition_values(values, req.staged.schema, req.staged.partition_by) for values in req.staged.partitions}
     actions = pa.table(table.get_add_actions(flatten=False))
     paths = actions.column("path").to_pylist()
     sizes = actions.column("size_bytes").to_pylist()
@@ -326,45 +328,13 @@ def _files_in_partitions(table: DeltaTable, req: PublishRequest) -> list[RemoveA
     removes = []
     for i, path in enumerate(paths):
         raw = parts[i] if parts is not None else {}
-        values = tuple(_as_text((raw or {}).get(c)) for c in req.staged.partition_by)
-        if _normalise(values, req.staged.schema, req.staged.partition_by) in wanted:
+        values = tuple(partition_text((raw or {}).get(c)) for c in req.staged.partition_by)
+        if typed_partition_values(values, req.staged.schema, req.staged.partition_by) in wanted:
             # the log holds percent-encoded paths; deltalake encodes what it is given
             removes.append(RemoveAction(path=urllib.parse.unquote(path), data_change=True, deletion_timestamp=now,
                                         size=sizes[i], partition_values={
                                             c: v for c, v in zip(req.staged.partition_by, values, strict=True)}))
     return removes
-
-
-def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _normalise(values: Sequence[str | None], schema: pa.Schema, columns: Sequence[str]) -> tuple[Any, ...]:
-    """Partition values as typed Python values, so '2026-01-01' and a date compare equal."""
-    out: list[Any] = []
-    for column, value in zip(columns, values, strict=True):
-        kind = schema.field(column).type
-        if value is None:
-            out.append(None)
-        elif pa.types.is_integer(kind):
-            out.append(int(value))
-        elif pa.types.is_date(kind):
-            out.append(dt.date.fromisoformat(str(value)[:10]))
-        elif pa.types.is_timestamp(kind):
-            out.append(dt.datetime.fromisoformat(str(value)).replace(tzinfo=None))
-        elif pa.types.is_boolean(kind):
-            out.append(str(value).lower() == "true")
-        else:
-            out.append(str(value))
-    return tuple(out)
 
 
 def _check_schema(req: PublishRequest, table: DeltaTable, *, mode: str) -> bool:
@@ -424,7 +394,7 @@ def _partition_predicate(req: PublishRequest) -> str:
     """SQL matching exactly the staged partitions (NULL-aware), for deltalake's writer."""
     clauses = []
     for values in sorted(req.staged.partitions, key=str):
-        typed = _normalise(values, req.staged.schema, req.staged.partition_by)
+        typed = typed_partition_values(values, req.staged.schema, req.staged.partition_by)
         parts = []
         for column, value in zip(req.staged.partition_by, typed, strict=True):
             ident = quote_ident(column)

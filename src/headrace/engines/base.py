@@ -29,6 +29,12 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+# headrace's codec names -> the Parquet writers' (DuckDB and Spark spell them alike)
+PARQUET_CODECS: dict[str, str] = {
+    "zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "lz4": "lz4_raw", "none": "uncompressed",
+}
+
+
 def check_result_columns(spec: TableSpec, columns: Sequence[str], where: str) -> None:
     """A result must name each column once (case-insensitively: both engines' SQL and Delta
     do) and hold the partition and key columns its table names."""

@@ -21,13 +21,20 @@ import duckdb
 import pyarrow as pa
 
 from headrace.engines.base import (
+    PARQUET_CODECS,
     StagedFile,
     StagedResult,
     StageTarget,
     check_result_columns,
     delta_schema,
 )
-from headrace.errors import DefinitionError, EngineError, SourceError, TransformError
+from headrace.errors import (
+    DefinitionError,
+    EngineError,
+    SourceError,
+    TransformError,
+    engine_message,
+)
 from headrace.sources.batches import InputBatch
 from headrace.sources.files import quote_ident, reader_sql, sql_string
 from headrace.spec.context import render_template
@@ -59,18 +66,6 @@ def _next_id() -> int:
         return next(_counter)
 
 
-def _first_lines(exc: BaseException, n: int = 2) -> str:
-    """DuckDB's message without the echoed SQL ("LINE 1: ...") that follows it."""
-    lines = []
-    for raw in str(exc).strip().splitlines():
-        line = raw.strip()
-        if line.startswith("LINE "):
-            break
-        if line:
-            lines.append(line)
-    return " ".join(lines[:n])
-
-
 class DuckDBEngine:
     """DuckDB in-process. Settings: memory_limit, threads, temp_directory."""
 
@@ -98,7 +93,7 @@ class DuckDBEngine:
             # GLOBAL: each task works on its own cursor, which is a connection of its own.
             self._db.execute("SET GLOBAL partitioned_write_flush_threshold = 65536")
         except duckdb.Error as exc:
-            raise EngineError(f"cannot start DuckDB: {_first_lines(exc)}") from exc
+            raise EngineError(f"cannot start DuckDB: {engine_message(exc)}") from exc
 
     def session(self) -> DuckDBSession:
         return DuckDBSession(self._db.cursor())
@@ -196,7 +191,7 @@ class DuckDBSession:
             )
         except duckdb.Error as exc:
             raise SourceError(
-                f"source {source_name!r}: cannot read {spec.describe()}: {_first_lines(exc)}",
+                f"source {source_name!r}: cannot read {spec.describe()}: {engine_message(exc)}",
                 hint="check the file format and options",
             ) from exc
         view = f"__hr_validated_{self._uid}_{key}"
@@ -271,7 +266,7 @@ class DuckDBSession:
                     hint="fix the file, or declare a contract with on_violation='quarantine'",
                 )
         return SourceError(
-            f"source {source_name!r}: cannot read {spec.describe()}: {_first_lines(exc)}",
+            f"source {source_name!r}: cannot read {spec.describe()}: {engine_message(exc)}",
             hint="check the file format and options (delimiter, header, compression)",
         )
 
@@ -420,7 +415,7 @@ class DuckDBSession:
 
     def _classify(self, exc: duckdb.Error, spec: TableSpec, where: str) -> Exception:
         """Errors surface while the result streams; name the bad source file when there is one."""
-        text = _first_lines(exc)
+        text = engine_message(exc)
         if isinstance(exc, duckdb.BinderException | duckdb.ParserException | duckdb.CatalogException):
             return TransformError(f"{where}: {text}", table=spec.name)
         for spec_, files, source_name in self._sources.values():
@@ -482,7 +477,7 @@ class DuckDBSession:
         try:
             return [tuple(r) for r in self.con.execute(sql).fetchall()]
         except duckdb.Error as exc:
-            raise EngineError(f"DuckDB: {_first_lines(exc, 3)}") from exc
+            raise EngineError(f"DuckDB: {engine_message(exc, 3)}") from exc
 
     def write_query(self, sql: str, target: StageTarget) -> StagedResult:
         """COPY the query's rows into Parquet files under ``target`` with the options and Delta
@@ -498,7 +493,7 @@ class DuckDBSession:
             for path in set(target.directory.rglob("part-*.parquet")) - before:
                 path.unlink(missing_ok=True)
             if isinstance(exc, duckdb.Error):
-                raise EngineError(f"DuckDB: {_first_lines(exc, 3)}") from exc
+                raise EngineError(f"DuckDB: {engine_message(exc, 3)}") from exc
             raise
         files = _staged_files(rows, target, schema)
         return StagedResult(files=files, rows=sum(f.rows for f in files), schema=schema,
@@ -514,14 +509,13 @@ def _delta_column(name: str, duck_type: str) -> str:
     return f"CAST({ident} AS {target}) AS {ident}" if target else ident
 
 
-_CODECS = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "lz4": "lz4_raw", "none": "uncompressed"}
 _ROW_GROUP_ROWS = 122_880
 
 
 def _copy_options(target: StageTarget) -> str:
     """COPY options: unique file names (so a folder can be shared with committed files),
     bounded row groups, and per-file statistics returned for the Delta log."""
-    codec = _CODECS.get(target.compression, "zstd")
+    codec = PARQUET_CODECS.get(target.compression, "zstd")
     opts = [
         "FORMAT parquet",
         f"COMPRESSION {codec}",

@@ -31,7 +31,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from headrace.engines.base import StagedResult, StageTarget, check_result_columns, delta_schema
+from headrace.delta.partitions import partition_text
+from headrace.engines.base import (
+    PARQUET_CODECS,
+    StagedResult,
+    StageTarget,
+    check_result_columns,
+    delta_schema,
+)
 from headrace.engines.spark_sql import audit_to_spark_sql, to_spark_sql
 from headrace.engines.spark_stage import (
     engine_type_name,
@@ -65,7 +72,6 @@ _LOCAL_CONF: dict[str, str] = {
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.sql.shuffle.partitions": "8",
 }
-_CODECS = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "lz4": "lz4_raw", "none": "uncompressed"}
 
 _started: dict[tuple[Any, ...], Any] = {}
 _start_lock = threading.Lock()
@@ -398,7 +404,7 @@ class SparkTaskSession:
             *[_uri(p) for p in paths])
         if part_cols or file_column:
             names = list(partitions or {})
-            rows = [(name, (log_paths or {}).get(name), *[_text((partitions or {})[name].get(c)) for c in part_cols])
+            rows = [(name, (log_paths or {}).get(name), *[partition_text((partitions or {})[name].get(c)) for c in part_cols])
                     for name in names]
             struct = StructType([StructField("__hr_name", StringType()), StructField("__hr_log", StringType())]
                                 + [StructField(c, StringType()) for c in part_cols])
@@ -478,7 +484,7 @@ class SparkTaskSession:
         schema = delta_schema(_nullable(_arrow_schema(frame.schema)))
         stage_dir = target.directory / f"stage-{uuid.uuid4().hex}"
         target.directory.mkdir(parents=True, exist_ok=True)
-        codec = _CODECS.get(target.compression, "zstd")
+        codec = PARQUET_CODECS.get(target.compression, "zstd")
         writer = frame.write.mode("error").option("compression", codec)
         if target.compression_level is not None and codec == "zstd":
             writer = writer.option("parquet.compression.codec.zstd.level", str(target.compression_level))
@@ -508,19 +514,19 @@ class SparkTaskSession:
         paths and the count of rows upserted. Only file names reach the driver."""
         from pyspark.sql import functions as F
 
-        table = self._dataset_frame(dataset, file_column="__hr_file")
         new = self._staged_frame(staged)
+        incoming = new.select(*[quote_spark(k) for k in keys]).distinct()
         if delete_when:
             view = f"__hr_merge_src_{self._uid}"
             new.createOrReplaceTempView(view)
             new = self.spark.sql(to_spark_sql(
                 f"SELECT * FROM {view} AS s WHERE NOT coalesce(({delete_when}), false)", where="merge delete_when"))
-        key_cols = [quote_spark(k) for k in keys]
-        incoming = self._staged_frame(staged).select(*key_cols).distinct()
-        touched = table.join(incoming, list(keys), "left_semi").select("__hr_file").distinct()
-        replaced = [row[0] for row in touched.collect()]
-        kept = (table.join(F.broadcast(touched), "__hr_file", "left_semi")
-                .join(incoming, list(keys), "left_anti").drop("__hr_file"))
+        # one scan of the table finds the files to replace; the rewrite then reads only those
+        table = self._dataset_frame(dataset, file_column="__hr_file")
+        replaced = [row[0] for row in
+                    table.join(incoming, list(keys), "left_semi").select("__hr_file").distinct().collect()]
+        kept = (self._dataset_frame(dataset, only=set(replaced))
+                .join(incoming, list(keys), "left_anti"))
         columns = [F.col(quote_spark(n)) for n in staged.schema.names]
         written = self._write(kept.select(*columns).unionByName(new.select(*columns)), target)
         upserted = staged.rows if not delete_when else int(new.count())
@@ -530,14 +536,16 @@ class SparkTaskSession:
         partitions = {f.path.name: f.partition_values for f in staged.files}
         return self._parquet_frame([f.path for f in staged.files], staged.schema, partitions=partitions)
 
-    def _dataset_frame(self, dataset: Any, *, file_column: str | None = None) -> Any:
+    def _dataset_frame(self, dataset: Any, *, file_column: str | None = None,
+                       only: set[str] | None = None) -> Any:
         """A Delta snapshot's dataset (see :meth:`Snapshot.dataset`) as a DataFrame, with the
-        Delta log path of each row's file in ``file_column`` when asked."""
+        Delta log path of each row's file in ``file_column`` when asked; ``only`` restricts it
+        to those log paths."""
         import pyarrow.dataset as pads
 
         base = Path(getattr(dataset.filesystem, "base_path", "/"))
         entries = [(frag.path, pads.get_partition_keys(frag.partition_expression))
-                   for frag in dataset.get_fragments()]
+                   for frag in dataset.get_fragments() if only is None or frag.path in only]
         return self._parquet_frame([base / rel for rel, _ in entries], dataset.schema,
                                    partitions={Path(rel).name: v for rel, v in entries},
                                    log_paths={Path(rel).name: rel for rel, _ in entries} if file_column else None,
@@ -656,16 +664,6 @@ def _uri(path: Path) -> str:
     return f"file://{path}"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if hasattr(value, "isoformat"):
-        return value.isoformat(sep=" ") if hasattr(value, "hour") else value.isoformat()
-    return str(value)
-
-
 def _parquet_rows(files: Sequence[Path]) -> int:
     import pyarrow.parquet as pq
 
@@ -675,24 +673,10 @@ def _parquet_rows(files: Sequence[Path]) -> int:
 def _staged_dataset(staged: StagedResult) -> Any:
     """The staged files as a pyarrow dataset typed like the result (partition values from the
     staged files' descriptions, not re-parsed from paths)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+    from headrace.delta.partitions import file_dataset
 
-    from headrace.delta.writer import _normalise
-
-    expressions = []
-    for f in staged.files:
-        typed = _normalise(tuple(f.partition_values.get(c) for c in staged.partition_by),
-                           staged.schema, staged.partition_by)
-        expr = pc.scalar(True)
-        for column, value in zip(staged.partition_by, typed, strict=True):
-            field = pc.field(column)
-            expr = expr & (field.is_null() if value is None else field == pa.scalar(value, staged.schema.field(column).type))
-        expressions.append(expr)
-    return pads.FileSystemDataset.from_paths(
-        [str(f.path) for f in staged.files], schema=staged.schema, format=pads.ParquetFileFormat(),
-        filesystem=_local_fs(), partitions=expressions or None,
-    )
+    return file_dataset([str(f.path) for f in staged.files], staged.schema, staged.partition_by,
+                        [f.partition_values for f in staged.files], _local_fs())
 
 
 def _local_fs() -> Any:

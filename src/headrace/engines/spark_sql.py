@@ -7,7 +7,7 @@ something else.
 
 from __future__ import annotations
 
-from headrace.errors import DefinitionError
+from headrace.errors import DefinitionError, engine_message
 
 
 def to_spark_sql(sql: str, *, where: str) -> str:
@@ -19,13 +19,13 @@ def to_spark_sql(sql: str, *, where: str) -> str:
         statements = sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=ErrorLevel.RAISE)
     except UnsupportedError as exc:
         raise DefinitionError(
-            f"{where}: cannot be translated to Spark SQL: {_first_line(exc)}",
+            f"{where}: cannot be translated to Spark SQL: {engine_message(exc, 1)}",
             hint="rewrite that construct in portable SQL (standard functions, CASE, CAST), "
             "or run this table on the duckdb engine",
         ) from None
     except ParseError as exc:
         raise DefinitionError(
-            f"{where}: SQL does not parse: {_first_line(exc)}",
+            f"{where}: SQL does not parse: {engine_message(exc, 1)}",
             hint="models are written in DuckDB's SQL dialect",
         ) from None
     statements = [s for s in statements if s.strip()]
@@ -35,11 +35,6 @@ def to_spark_sql(sql: str, *, where: str) -> str:
             hint="a model or transform is a single SELECT",
         )
     return statements[0]
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def audit_to_spark_sql(sql: str) -> str:

@@ -44,7 +44,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from headrace.errors import DefinitionError
+from headrace.errors import DefinitionError, engine_message
 from headrace.sources.files import quote_ident, sql_string
 from headrace.spec._names import did_you_mean
 from headrace.spec.checks import (
@@ -555,7 +555,7 @@ def preflight(plan: CheckPlan, run_sql: RunSql) -> None:
         except Exception as exc:
             where = f"table {plan.table!r}: " if plan.table else ""
             raise DefinitionError(
-                f"{where}sample key {list(plan.key)} cannot be read: {_first_line(exc)}",
+                f"{where}sample key {list(plan.key)} cannot be read: {engine_message(exc)}",
                 hint="key= names columns of the audited rows (e.g. the merge keys)",
                 table=plan.table,
             ) from exc
@@ -596,22 +596,10 @@ def _definition_error(plan: CheckPlan, check: Check, exc: BaseException) -> Defi
     }
     where = f"table {plan.table!r}: " if plan.table else ""
     return DefinitionError(
-        f"{where}check {check.name!r} cannot run: {_first_line(exc)}",
+        f"{where}check {check.name!r} cannot run: {engine_message(exc)}",
         hint=hints.get(check.kind, "check the columns and values the check names"),
         table=plan.table,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    """The engine's message without the echoed SQL (DuckDB appends 'LINE 1: ...')."""
-    lines = []
-    for raw in str(exc).strip().splitlines():
-        line = raw.strip()
-        if line.startswith("LINE "):
-            break
-        if line:
-            lines.append(line)
-    return " ".join(lines[:2]) or type(exc).__name__
 
 
 def _as_utc(moment: datetime) -> datetime:

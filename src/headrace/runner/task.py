@@ -220,13 +220,7 @@ class TableTask:
         return session.conform(relation, schema, drop_extra=policy == "discard")
 
     def _target(self) -> StageTarget:
-        return StageTarget(
-            directory=self.lake.path(self.spec.name),
-            partition_by=self.spec.partition_by,
-            compression=self.settings.compression,
-            compression_level=self.settings.compression_level,
-            target_file_size=self.settings.target_file_size,
-        )
+        return self.settings.target(self.lake.path(self.spec.name), self.spec.partition_by)
 
     def fingerprint(self, inputs: ResolvedInputs) -> str:
         ds = self.logical_date.isoformat() if self.logical_date else "-"
