@@ -194,11 +194,15 @@ class DuckDBSession:
                 f"source {source_name!r}: cannot read {spec.describe()}: {engine_message(exc)}",
                 hint="check the file format and options",
             ) from exc
+        self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {stored.good_sql()}")
+        self.keep_validated(key, stored)
+        return stored.rows, stored.quarantined
+
+    def keep_validated(self, key: str, stored: Any) -> None:
+        """Keep a validated source's rejects (a ``StoredValidation``) for :meth:`quarantine_reader`."""
         view = f"__hr_validated_{self._uid}_{key}"
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS {stored.rejects}")
-        self.con.execute(f"CREATE TEMP VIEW {quote_ident(key)} AS {stored.good_sql()}")
         self._validated[key] = (view, stored, dict(stored.headers))
-        return stored.rows, stored.quarantined
 
     def validate_result(
         self, spec: TableSpec, result: duckdb.DuckDBPyRelation, contract: Any, *, workdir: Path

@@ -3,15 +3,17 @@
 What runs where:
 
 * Spark (executors, in parallel): reading file sources (CSV, JSON, Parquet) and upstream
-  Delta tables, the transforms (SQL models transpiled from DuckDB's dialect, Python functions
-  receiving DataFrames), writing the result's Parquet files into the table's folder, and the
-  checks (the check compiler's one audit query, transpiled).
-  Merge is a copy-on-write rewrite on the executors (:meth:`SparkTaskSession.merge_rewrite`).
+  Delta tables, contract validation of CSV/NDJSON sources (each task runs the validator over
+  its group of files: :mod:`headrace.engines.spark_contracts`), the transforms (SQL models
+  transpiled from DuckDB's dialect, Python functions receiving DataFrames), writing the
+  result's Parquet files into the table's folder, and the checks (the check compiler's one
+  audit query, transpiled). Merge is a copy-on-write rewrite on the executors
+  (:meth:`SparkTaskSession.merge_rewrite`).
 * The driver: the Delta commit (the files' footers become add actions; one commit per table
-  per run through deltalake, exactly as on DuckDB), and, through an embedded DuckDB over files,
-  the steps that are not distributed yet: contract validation with quarantine (so rejects
-  keep their file and line) and SCD2 change sets. They stream, so memory stays bounded, but
-  they run on one machine.
+  per run through deltalake, exactly as on DuckDB), writing the quarantine's rows, and,
+  through an embedded DuckDB over files, the steps that are not distributed yet: contracts on
+  Parquet sources and on derived tables, and SCD2 change sets. They stream, so memory stays
+  bounded, but they run on one machine.
 
 pyspark is imported only when this module is, i.e. only when ``engine = "spark"``.
 """
@@ -22,6 +24,7 @@ import atexit
 import os
 import re
 import shutil
+import sys
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -134,6 +137,8 @@ class SparkEngine:
         local = self.remote is None and self.master.startswith("local")
         if local:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            # tasks run headrace's own code (contract validation): this interpreter has it
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = sql.SparkSession.Builder().appName(self.app_name)  # a fresh builder: the shared one keeps options
         builder = builder.remote(self.remote) if self.remote else builder.master(self.master)
         settings = {**_DEFAULT_CONF, **(_LOCAL_CONF if local else {}), **self.conf}
@@ -326,13 +331,60 @@ class SparkTaskSession:
     def read_validated_source(
         self, key: str, spec: SourceSpec, batch: InputBatch, contract: Any, *, source_name: str, workdir: Path,
     ) -> tuple[int, int]:
-        """Contract validation runs in the driver's DuckDB (file and line of every reject);
-        Spark reads the good, typed rows it wrote."""
-        rows, bad = self._local.read_validated_source(key, spec, batch, contract, source_name=source_name,
-                                                       workdir=workdir)
-        good = workdir / f"good-{key}"
-        self._bind_from_local(key, f"SELECT * FROM {quote_ident(key)}", good)
-        return rows, bad
+        """CSV and NDJSON sources are validated in Spark tasks, each running the engine's own
+        validator over a group of files (:mod:`headrace.engines.spark_contracts`); Spark reads
+        the good rows they stored, the driver only the rejects. Parquet sources are validated
+        by the driver's DuckDB (no line text to keep), and Spark reads the good rows."""
+        if not isinstance(spec, FileSource) or spec.format == "parquet" or not batch.files:
+            rows, bad = self._local.read_validated_source(key, spec, batch, contract, source_name=source_name,
+                                                           workdir=workdir)
+            self._bind_from_local(key, f"SELECT * FROM {quote_ident(key)}", workdir / f"good-{key}")
+            return rows, bad
+        from headrace.engines.spark_contracts import validate_on_spark
+        from headrace.quality.contracts import StoredValidation
+
+        done = validate_on_spark(
+            self.spark, self._local.con, self._parquet_frame, spec, [e.path for e in batch.files], contract,
+            source_name=source_name, workdir=workdir / f"spark-{key}", parallelism=self._parallelism(),
+            task_cores=self._task_cores(),
+        )
+        self._sources[key] = source_name
+        self._good_rows(done).createOrReplaceTempView(key)
+        self._local.keep_validated(key, StoredValidation(
+            rows=done.rows, quarantined=done.quarantined, columns=done.columns, fields=done.fields, good="",
+            rejects=done.rejects_sql, headers=done.headers, path="stored"))
+        return done.rows, done.quarantined
+
+    def _good_rows(self, done: Any) -> Any:
+        """The stored rows that passed every rule and hold no duplicated key."""
+        import pyarrow.parquet as pq
+
+        stored = pq.read_schema(done.stored[0])
+        wanted = pa.schema([stored.field(c) for c in (*done.columns, "__hr_bad")])
+        frame = self._parquet_frame(done.stored, wanted)
+        if done.duplicates:
+            from pyspark.sql import functions as F
+
+            dups = self.spark.read.parquet(*[_uri(p) for p in done.duplicates])
+            keys = dups.select(*[F.col(c).alias(k) for c, k in zip(
+                [c for c in dups.columns if c != "__hr_dups"], done.key_columns, strict=True)])
+            frame = frame.join(keys, on=list(done.key_columns), how="left_anti")
+        return frame.where("NOT __hr_bad").select(*[quote_spark(c) for c in done.columns])
+
+    def _parallelism(self) -> int:
+        """How many tasks run at once: classic Spark knows; over Connect, the session's
+        default parallelism setting, else its shuffle partitions."""
+        try:
+            return int(self.spark.sparkContext.defaultParallelism)
+        except Exception:
+            setting = self.spark.conf.get("spark.default.parallelism", None)
+            return int(setting or self.spark.conf.get("spark.sql.shuffle.partitions", "2"))
+
+    def _task_cores(self) -> int:
+        try:
+            return int(self.spark.conf.get("spark.task.cpus", "1"))
+        except Exception:
+            return 1
 
     def _bind_from_local(self, key: str, sql: str, directory: Path) -> None:
         """Write a driver-side DuckDB query as Parquet and expose it to Spark under ``key``."""

@@ -680,6 +680,15 @@ def csv_headers(spec: FileSource, probes: Sequence[FileProbe], names: Sequence[s
     return tuple(headers)
 
 
+def csv_union(headers: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """The fields of several CSV files: case-insensitive, first spelling wins (as DuckDB's
+    ``union_by_name``)."""
+    union: list[str] = []
+    for header in headers:
+        union.extend(h for h in header if h.lower() not in {u.lower() for u in union})
+    return tuple(union)
+
+
 def _position(header: Sequence[str], name: str) -> int | None:
     """1-based position of ``name`` in a file's header, matched case-insensitively."""
     folded = [h.lower() for h in header]
@@ -705,10 +714,11 @@ def _csv_sql(
     for name in layout.fields:
         positions = [_position(h, name) for h in headers]
         if len(set(positions)) == 1 and positions[0] is not None:
-            position = str(positions[0])
+            value = f"__hr_f[{positions[0]}]"
+        elif all(p is None for p in positions):  # a field of other files in the batch
+            value = "NULL::VARCHAR"
         else:
-            position = f"{_list_literal(positions)}[__hr_fidx + 1]"
-        value = f"__hr_f[{position}]"
+            value = f"__hr_f[{_list_literal(positions)}[__hr_fidx + 1]]"
         # fields of an unreadable record are NULL, never half-parsed
         columns.append(
             f", CASE WHEN __hr_error IS NULL AND {value} <> {sql_string(dialect.null_string)} "
@@ -797,7 +807,8 @@ def probe_layout(
 ) -> RawLayout:
     """Probe the files and decide the raw reader's layout.
 
-    ``fields`` fixes the field names (skipping JSON key discovery); otherwise NDJSON keys are
+    ``fields`` fixes the field names (skipping JSON key discovery; for CSV files with headers
+    the union of the fields, when these files are part of a larger batch); otherwise NDJSON keys are
     discovered with one DuckDB pass, unless the contract discards extra columns, in which case
     its own columns are all that is read. Headerless CSV fields are named by ``fields``, the
     source's ``columns``, the contract's columns (in order), or ``column0..``.
@@ -832,9 +843,7 @@ def probe_layout(
             width = len(CsvDialect.of(spec).split(first) or []) if first is not None else 0
             names = [f"column{i}" for i in range(width)]
         headers = csv_headers(spec, probes, names)
-        union: list[str] = []
-        for header in headers:  # case-insensitive, first spelling wins (as union_by_name)
-            union.extend(h for h in header if h.lower() not in {u.lower() for u in union})
+        union = list(fields) if fields is not None else csv_union(headers)
         return RawLayout(probes=probes, fields=tuple(union), headers=headers, fallback=fallback)
     if fields is not None:
         found = tuple(fields)
@@ -1559,6 +1568,83 @@ def _store_fast(
     threads: int,
     other_keys: bool = False,
 ) -> StoredValidation | None:
+    rows = store_rows(con, raw, contract, directory=directory, other_keys=other_keys)
+    if rows.found_other:
+        return None
+    keys = rows.key_columns
+    dups = f"{name}_dups"
+    if keys:
+        cols = ", ".join(f"{c} AS __hr_k{i}" for i, c in keys)
+        known = " AND ".join(f"{c} IS NOT NULL" for _, c in keys)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {quote_ident(dups)} AS SELECT {cols}, count(*) AS __hr_dups "
+            f"FROM {rows.stored} WHERE {known} GROUP BY ALL HAVING count(*) > 1"
+        )
+    rejects = store_rejects(
+        con, rows, contract, duplicates=quote_ident(dups) if keys else None,
+        directory=directory, name=name, threads=threads,
+    )
+    if rejects is None:
+        if keys:
+            con.execute(f"DROP TABLE IF EXISTS {quote_ident(dups)}")
+        return None
+    return rows.validation(rejects, tables=(dups,) if keys else ())
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """Step 1 of the stored path over some files: every line typed and judged, stored as
+    Parquet (``stored``, a ``read_parquet``), without line numbers.
+
+    ``rows`` counts records, ``bad`` those breaking a rule other than key uniqueness;
+    ``found_other`` (NDJSON under ``evolve``) says a record holds a key outside the assumed
+    ones, so the keys must be discovered and the step redone. ``layout`` is what reading the
+    rejects again needs (its fallback copies live in the same ``directory``). Picklable: a
+    Spark task returns it to the driver, which hands it to the task reading the rejects.
+    """
+
+    spec: FileSource
+    layout: RawLayout
+    fields: tuple[str, ...]
+    columns: tuple[str, ...]
+    key_columns: tuple[tuple[int, str], ...]
+    stored: str
+    rows: int
+    bad: int
+    found_other: bool
+
+    def validation(self, rejects: tuple[str, int], *, tables: tuple[str, ...] = ()) -> StoredValidation:
+        """The whole result, given the rejects found by ``store_rejects``."""
+        sql, quarantined = rejects
+        if self.key_columns:
+            on = " AND ".join(f"r.{c} = d.__hr_k{i}" for i, c in self.key_columns)
+            anti = f" ANTI JOIN {quote_ident(tables[0])} AS d ON {on}" if tables else ""
+        else:
+            anti = ""
+        csv = self.spec.format == "csv"
+        return StoredValidation(
+            rows=self.rows,
+            quarantined=quarantined,
+            columns=self.columns,
+            fields=self.fields,
+            good=f"SELECT {', '.join(f'r.{quote_ident(c)}' for c in self.columns)} FROM {self.stored} AS r{anti} "
+            "WHERE NOT r.__hr_bad",
+            rejects=sql,
+            headers={str(p.path): p.header for p in self.layout.probes} if csv else {},
+            path="stored",
+            tables=tables,
+        )
+
+
+def store_rows(
+    con: duckdb.DuckDBPyConnection,
+    raw: RawReader,
+    contract: Contract,
+    *,
+    directory: Path,
+    other_keys: bool = False,
+) -> StoredRows:
+    """Step 1 of ``store_validated``: the parallel, unnumbered pass into ``directory/rows``."""
     spec, layout = raw.spec, raw.layout
     csv = spec.format == "csv"
     lines = lines_sql(spec, layout, numbered=False, skip_first=csv and spec.header)
@@ -1573,81 +1659,82 @@ def _store_fast(
         con, stored_rows_sql(contract, f"({fast})", raw.fields, other_keys=other_keys), directory / "rows"
     )
     other = "coalesce(bool_or(__hr_other), false)" if other_keys else "false"
-    found_other, rows, quarantined = con.execute(
+    found_other, rows, bad = con.execute(
         f"SELECT {other}, count(__hr_bad), count(*) FILTER (WHERE __hr_bad) FROM {stored}"
     ).fetchall()[0]
-    if found_other:
-        return None
-    keys = [(i, quote_ident(n)) for i, (n, k) in enumerate(contract.columns.items()) if k.key]
-    dups = f"{name}_dups"
-    tables = [dups] if keys else []
-    join, bad, anti = "", "r.__hr_bad", ""
-    if keys:
-        cols = ", ".join(f"{c} AS __hr_k{i}" for i, c in keys)
-        known = " AND ".join(f"{c} IS NOT NULL" for _, c in keys)
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {quote_ident(dups)} AS SELECT {cols}, count(*) AS __hr_dups "
-            f"FROM {stored} WHERE {known} GROUP BY ALL HAVING count(*) > 1"
-        )
-        shared = con.execute(f"SELECT coalesce(sum(__hr_dups), 0) FROM {quote_ident(dups)}").fetchall()[0][0]
+    keys = tuple((i, quote_ident(n)) for i, (n, k) in enumerate(contract.columns.items()) if k.key)
+    return StoredRows(
+        spec=spec, layout=layout, fields=raw.fields, columns=columns, key_columns=keys, stored=stored,
+        rows=int(rows), bad=int(bad), found_other=bool(found_other),
+    )
+
+
+def store_rejects(
+    con: duckdb.DuckDBPyConnection,
+    rows: StoredRows,
+    contract: Contract,
+    *,
+    duplicates: str | None,
+    directory: Path,
+    name: str,
+    threads: int,
+) -> tuple[str, int] | None:
+    """Steps 2-3 of ``store_validated``: read the rejects of ``rows`` again, numbered, into
+    ``directory/rejects``. ``duplicates`` is a relation of the duplicated keys (``__hr_k{i}``,
+    ``__hr_dups``), computed over every row of the batch (which may be more files than
+    ``rows`` covers). Returns the rejects' query and count, or None when the rejects read
+    again do not add up (the caller then takes the reference path)."""
+    spec, layout, stored = rows.spec, rows.layout, rows.stored
+    csv = spec.format == "csv"
+    keys = rows.key_columns
+    join, bad = "", "r.__hr_bad"
+    quarantined = rows.bad
+    if keys and duplicates is not None:
+        shared = con.execute(f"SELECT coalesce(sum(__hr_dups), 0) FROM {duplicates}").fetchall()[0][0]
         if shared:
             on = " AND ".join(f"r.{c} = d.__hr_k{i}" for i, c in keys)
-            join = f" LEFT JOIN {quote_ident(dups)} AS d ON {on}"
-            anti = f" ANTI JOIN {quote_ident(dups)} AS d ON {on}"
+            join = f" LEFT JOIN {duplicates} AS d ON {on}"
             bad = "(r.__hr_bad OR d.__hr_dups IS NOT NULL)"
             quarantined += int(shared)  # an upper bound until the scan below counts them
-    rejects = _NO_REJECTS
-    if quarantined:
-        # a bitmap of the rejects' text hashes, < 0.4% of its bits set: few good lines pass it
-        slots = _reject_slots(int(quarantined))
-        variable = sql_string(f"{name}_rejects")
-        # one scan: the rejects' count, bitmap, files and hash sum, and every file's count of
-        # lines read
-        con.execute(
-            f"SET VARIABLE {quote_ident(f'{name}_rejects')} = (SELECT {{'count': count(*) FILTER (WHERE {bad}), "
-            "'bits': "
-            f"bitstring_agg((r.__hr_hash % {slots})::BIGINT, 0, {slots - 1}) FILTER (WHERE {bad}), "
-            f"'files': list(DISTINCT r.__hr_fidx) FILTER (WHERE {bad}), "
-            f"'check': sum(r.__hr_hash::HUGEINT) FILTER (WHERE {bad}), "
-            f"'lines': histogram(r.__hr_fidx)}} FROM {stored} AS r{join})"
-        )
-        quarantined, in_files, read, check = con.execute(
-            f"SELECT getvariable({variable}).count, getvariable({variable}).files, "
-            f"getvariable({variable}).lines, getvariable({variable}).check"
-        ).fetchall()[0]
-        layout = _with_line_counts(layout, sorted(in_files), dict(read), header=csv and spec.header)
-        numbered = lines_sql(
-            spec, layout, only=(f"getvariable({variable}).bits", slots), files=sorted(in_files),
-            parts=threads, nonblank=_CSV_NONBLANK if csv else _JSON_NONBLANK,
-        )
-        exact = (
-            _csv_sql(spec, layout, lines=numbered, filtered=True)
-            if csv
-            else _ndjson_sql(spec, layout, lines=numbered, filtered=True)
-        )
-        plan = plan_validation(
-            contract, f"({exact})", raw.fields, duplicates=quote_ident(dups) if keys else None
-        )
-        stored_rejects = _copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), directory / "rejects")
-        con.execute(f"RESET VARIABLE {quote_ident(f'{name}_rejects')}")
-        rejects = f"SELECT * FROM {stored_rejects}"
-        found = con.execute(f"SELECT count(*), sum(hash(__hr_raw)::HUGEINT) FROM {stored_rejects}").fetchall()[0]
-        if found != (quarantined, check):
-            for table in tables:
-                con.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
-            return None
-    good = f"SELECT {', '.join(f'r.{quote_ident(c)}' for c in columns)} FROM {stored} AS r{anti} WHERE NOT r.__hr_bad"
-    return StoredValidation(
-        rows=int(rows),
-        quarantined=int(quarantined),
-        columns=columns,
-        fields=raw.fields,
-        good=good,
-        rejects=rejects,
-        headers={str(p.path): p.header for p in layout.probes} if csv else {},
-        path="stored",
-        tables=tuple(tables),
+    if not quarantined:
+        return _NO_REJECTS, 0
+    # a bitmap of the rejects' text hashes, < 0.4% of its bits set: few good lines pass it
+    slots = _reject_slots(int(quarantined))
+    variable = sql_string(f"{name}_rejects")
+    # one scan: the rejects' count, bitmap, files and hash sum, and every file's count of
+    # lines read
+    con.execute(
+        f"SET VARIABLE {quote_ident(f'{name}_rejects')} = (SELECT {{'count': count(*) FILTER (WHERE {bad}), "
+        "'bits': "
+        f"bitstring_agg((r.__hr_hash % {slots})::BIGINT, 0, {slots - 1}) FILTER (WHERE {bad}), "
+        f"'files': list(DISTINCT r.__hr_fidx) FILTER (WHERE {bad}), "
+        f"'check': sum(r.__hr_hash::HUGEINT) FILTER (WHERE {bad}), "
+        f"'lines': histogram(r.__hr_fidx)}} FROM {stored} AS r{join})"
     )
+    quarantined, in_files, read, check = con.execute(
+        f"SELECT getvariable({variable}).count, getvariable({variable}).files, "
+        f"getvariable({variable}).lines, getvariable({variable}).check"
+    ).fetchall()[0]
+    if not quarantined:  # the duplicated keys were in other files
+        con.execute(f"RESET VARIABLE {quote_ident(f'{name}_rejects')}")
+        return _NO_REJECTS, 0
+    layout = _with_line_counts(layout, sorted(in_files), dict(read), header=csv and spec.header)
+    numbered = lines_sql(
+        spec, layout, only=(f"getvariable({variable}).bits", slots), files=sorted(in_files),
+        parts=threads, nonblank=_CSV_NONBLANK if csv else _JSON_NONBLANK,
+    )
+    exact = (
+        _csv_sql(spec, layout, lines=numbered, filtered=True)
+        if csv
+        else _ndjson_sql(spec, layout, lines=numbered, filtered=True)
+    )
+    plan = plan_validation(contract, f"({exact})", rows.fields, duplicates=duplicates if keys else None)
+    stored_rejects = _copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), directory / "rejects")
+    con.execute(f"RESET VARIABLE {quote_ident(f'{name}_rejects')}")
+    found = con.execute(f"SELECT count(*), sum(hash(__hr_raw)::HUGEINT) FROM {stored_rejects}").fetchall()[0]
+    if found != (quarantined, check):
+        return None
+    return f"SELECT * FROM {stored_rejects}", int(quarantined)
 
 
 def _with_line_counts(

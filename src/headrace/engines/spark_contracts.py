@@ -1,0 +1,361 @@
+"""Contracts on Spark: the engine's own validator, run by Spark tasks over groups of files.
+
+Why the DuckDB validator inside Spark tasks rather than Spark's CSV/JSON readers and casts:
+a quarantine row names the file, the line and the raw text of every record that breaks the
+contract, malformed ones included, and both engines must quarantine exactly the same records
+for the same reasons. Spark's readers report neither line numbers nor the text of a malformed
+record, split lines differently (a bare CR, invalid UTF-8) and cast differently (``'1.5'`` as
+an integer, offsets in timestamps); matching the DuckDB engine record for record would mean a
+second implementation of every rule, always one edge case behind. So the same SQL runs on both
+engines, and on Spark it runs where the data is: each task validates its own files with an
+embedded DuckDB (one thread per task core) and writes Parquet into the run's work folder;
+only counts and file lists reach the driver.
+
+The batch is one contract check, not one per group, so what depends on all files is done
+between the steps, not inside a group:
+
+1. **fields**: CSV headers (first lines only) or, when the contract does not fix them, the
+   NDJSON keys of every group; their union is what each group reads;
+2. **rows** (one Spark job): every group stores its lines typed and judged
+   (:func:`headrace.quality.contracts.store_rows`);
+3. **duplicate keys** (Spark SQL): counted over every group's stored key columns;
+4. **rejects** (one Spark job, only groups holding one): the rejected lines read again with
+   their line numbers, validated by the very SQL of ``plan_validation``.
+
+Spark then reads the good rows from the stored Parquet (an anti-join on the duplicated keys).
+Parquet sources keep the driver's path (their rows carry no line text to lose).
+
+The unit of parallelism is a file: a single huge file is validated by one task. The work
+folder must be visible to every executor (it is under the project, like the lake).
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from headrace.errors import DataQualityError, HeadraceError, SourceError
+from headrace.spec.contracts import Contract
+from headrace.spec.sources import FileSource
+
+_GROUP_BYTES = 128 * 1024 * 1024
+"""A task's share of input when the files outnumber the cores: what Spark reads per task."""
+
+
+@dataclass(frozen=True)
+class SparkValidation:
+    """A validated batch: the good rows as Parquet folders Spark reads, the rejects as a
+    DuckDB query (the quarantine table is written from the driver, rejects are few)."""
+
+    rows: int
+    quarantined: int
+    columns: tuple[str, ...]
+    fields: tuple[str, ...]
+    stored: tuple[Path, ...]
+    key_columns: tuple[str, ...]
+    duplicates: tuple[Path, ...]
+    rejects_sql: str
+    headers: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One group's work in one step; pickled into the Spark task."""
+
+    step: str  # "headers" | "keys" | "rows" | "rejects"
+    spec: FileSource
+    files: tuple[Path, ...]
+    contract: Contract
+    directory: Path
+    fields: tuple[str, ...] | None = None
+    other_keys: bool = False
+    stored: Any = None  # StoredRows, for "rejects"
+    duplicates: tuple[Path, ...] = ()
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A headrace error raised in a task, carried back as text (exceptions with keyword
+    arguments do not survive pickling)."""
+
+    kind: str
+    message: str
+    hint: str | None
+
+
+def file_groups(files: Sequence[Path], parallelism: int) -> list[tuple[Path, ...]]:
+    """Consecutive runs of ``files``: at least one per core while files last, and about
+    ``_GROUP_BYTES`` each when there is more input than that per core."""
+    if not files:
+        return []
+    sizes = [_size(p) for p in files]
+    total = sum(sizes)
+    count = min(len(files), max(parallelism, -(-total // _GROUP_BYTES)))
+    share = total / count if total else 0
+    groups: list[tuple[Path, ...]] = []
+    current: list[Path] = []
+    filled = 0
+    for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
+        current.append(path)
+        filled += size
+        left = len(files) - i - 1
+        wanted = count - len(groups) - 1  # groups still to open after this one
+        if left and wanted and (filled >= share or left <= wanted):
+            groups.append(tuple(current))
+            current, filled = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def validate_on_spark(
+    spark: Any,
+    local: Any,
+    read_parquet: Callable[[Sequence[Path], pa.Schema], Any],
+    spec: FileSource,
+    files: Sequence[Path],
+    contract: Contract,
+    *,
+    source_name: str,
+    workdir: Path,
+    parallelism: int,
+    task_cores: int = 1,
+) -> SparkValidation:
+    """Validate ``files`` in Spark tasks (see the module docstring). ``local`` is the
+    driver's DuckDB connection (it reads footers only); ``read_parquet`` reads Parquet files
+    into a DataFrame of the given schema."""
+    from headrace.quality.contracts import csv_headers, csv_union
+
+    groups = file_groups([Path(p) for p in files], parallelism)
+    folders = [workdir / f"group-{i}" for i in range(len(groups))]
+
+    def run(step: str, **kw: Any) -> list[Any]:
+        return _run(spark, jobs(step, **kw), spec=spec, source_name=source_name)
+
+    def jobs(step: str, **kw: Any) -> list[_Job]:
+        return [_Job(step=step, spec=spec, files=g, contract=contract, directory=d, threads=task_cores, **kw)
+                for g, d in zip(groups, folders, strict=True)]
+
+    fields: tuple[str, ...] | None = None
+    headers: dict[str, str | None] = {}
+    if spec.format == "csv":
+        found = [h for batch in run("headers") for h in batch]
+        headers = {str(p): h for p, h in zip([p for g in groups for p in g], found, strict=True)}
+        probes = [_HeaderProbe(Path(p), h) for p, h in headers.items()]
+        names = list(spec_columns(spec) or contract.names)
+        if not spec.header and not names:
+            from headrace.quality.contracts import CsvDialect
+
+            first = next((h for h in found if h is not None), None)
+            width = len(CsvDialect.of(spec).split(first) or []) if first is not None else 0
+            names = [f"column{i}" for i in range(width)]
+        fields = csv_union(csv_headers(spec, probes, names))  # type: ignore[arg-type]
+    optimistic = spec.format == "ndjson" and contract.schema == "evolve"
+    if spec.format == "ndjson":
+        if contract.schema == "discard" or optimistic:
+            fields = contract.names
+        else:
+            fields = _discover_keys(run("keys"), contract)
+    stored = run("rows", fields=fields, other_keys=optimistic)
+    if optimistic and any(s.found_other for s in stored):
+        fields = _discover_keys(run("keys"), contract)
+        stored = run("rows", fields=fields)
+    first = stored[0]
+    key_names = tuple(contract.names[i] for i, _ in first.key_columns)
+    key_positions = tuple(i for i, _ in first.key_columns)
+    paths = [sorted((d / "rows").glob("*.parquet")) for d in folders]
+    schema = local.sql(f"SELECT * FROM {first.stored} LIMIT 0").to_arrow_table().schema
+    duplicates: tuple[Path, ...] = ()
+    if key_names:
+        stored_files = [p for ps in paths for p in ps]
+        keys_frame = read_parquet(stored_files, pa.schema([schema.field(k) for k in key_names]))
+        duplicates = _duplicate_keys(keys_frame, key_names, key_positions, workdir / "dups")
+    todo = [i for i, s in enumerate(stored) if s.bad or duplicates]
+    rejects: list[tuple[str, int]] = [("", 0)] * len(stored)
+    if todo:
+        work = [replace(j, stored=stored[i], duplicates=duplicates)
+                for i, j in enumerate(jobs("rejects")) if i in todo]
+        for i, found_rejects in zip(todo, _run(spark, work, spec=spec, source_name=source_name), strict=True):
+            rejects[i] = found_rejects
+    queries = [sql for sql, n in rejects if n]
+    from headrace.quality.contracts import _NO_REJECTS
+
+    return SparkValidation(
+        rows=sum(s.rows for s in stored),
+        quarantined=sum(n for _, n in rejects),
+        columns=first.columns,
+        fields=first.fields,
+        stored=tuple(p for ps in paths for p in ps),
+        key_columns=key_names,
+        duplicates=duplicates,
+        rejects_sql="\nUNION ALL\n".join(queries) if queries else _NO_REJECTS,
+        headers=headers,
+    )
+
+
+def spec_columns(spec: FileSource) -> list[str]:
+    return [n for n, _ in spec.columns]
+
+
+@dataclass(frozen=True)
+class _HeaderProbe:
+    """What ``csv_headers`` reads of a probe: the path and the first line."""
+
+    path: Path
+    header: str | None
+
+
+def _discover_keys(found: list[set[str]], contract: Contract) -> tuple[str, ...]:
+    """Every group's JSON keys, united and ordered as one DuckDB pass over all files would
+    order them: the contract's spellings first, then the others by name."""
+    keys = sorted(set().union(*found))
+    wanted = contract.names
+    return tuple([k for k in wanted if k in keys] + [k for k in keys if k not in wanted])
+
+
+def _duplicate_keys(frame: Any, keys: Sequence[str], positions: Sequence[int], target: Path) -> tuple[Path, ...]:
+    """The keys held by more than one stored row of the batch (``__hr_k{i}``, ``i`` the key's
+    contract position, and ``__hr_dups``), counted by Spark over the stored key columns of
+    every group (``frame``), as Parquet files the rejects step reads (none: no duplicates)."""
+    from pyspark.sql import functions as F
+
+    from headrace.engines.spark_engine import quote_spark
+
+    known = frame.where(" AND ".join(f"{quote_spark(k)} IS NOT NULL" for k in keys))
+    counted = known.groupBy(*[F.col(quote_spark(k)) for k in keys]).agg(F.count(F.lit(1)).alias("__hr_dups"))
+    dups = counted.where("__hr_dups > 1").select(
+        *[F.col(quote_spark(k)).alias(f"__hr_k{i}") for i, k in zip(positions, keys, strict=True)],
+        "__hr_dups")
+    shutil.rmtree(target, ignore_errors=True)
+    dups.coalesce(1).write.parquet(f"file://{target}")
+    files = tuple(sorted(target.glob("*.parquet")))
+    import pyarrow.parquet as pq
+
+    return files if sum(pq.ParquetFile(p).metadata.num_rows for p in files) else ()
+
+
+def _run(spark: Any, jobs: list[_Job], *, spec: FileSource, source_name: str) -> list[Any]:
+    """Run ``jobs`` as the tasks of one Spark job (one task each) and return their results in
+    order; a headrace error in a task is raised here with its own message and hint."""
+    if not jobs:
+        return []
+    blobs = [pickle.dumps(j) for j in jobs]
+    frame = spark.range(0, len(jobs), 1, len(jobs)).mapInArrow(_task(blobs), "id long, out binary")
+    try:
+        rows = frame.collect()
+    except Exception as exc:  # a task died outside headrace's own errors (I/O, memory, ...)
+        from headrace.engines.spark_engine import _first_line
+
+        raise SourceError(f"source {source_name!r}: cannot validate {spec.describe()}: {_first_line(exc)}",
+                          hint="check that every executor can read the files and the project folder") from exc
+    results = {int(row["id"]): pickle.loads(bytes(row["out"])) for row in rows}
+    outcomes = [results[i] for i in range(len(jobs))]
+    for outcome in outcomes:
+        if isinstance(outcome, _Failure):
+            if outcome.kind == "read":
+                raise SourceError(f"source {source_name!r}: cannot read {spec.describe()}: {outcome.message}",
+                                  hint=outcome.hint)
+            error = DataQualityError if outcome.kind == "DataQualityError" else SourceError
+            raise error(outcome.message, hint=outcome.hint)
+    return outcomes
+
+
+def _task(blobs: list[bytes]) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for i in batch.column(0).to_pylist():
+                out = pickle.dumps(run_job(pickle.loads(blobs[i])))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([i], pa.int64()), pa.array([out], pa.binary())], names=["id", "out"])
+
+    return run
+
+
+def run_job(job: _Job) -> Any:
+    """One group's step, in a Spark task (or anywhere: it needs only the files)."""
+    import duckdb
+
+    from headrace.errors import engine_message
+
+    try:
+        if job.step == "headers":
+            return [file_header(job.spec, p) for p in job.files]
+        job.directory.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(":memory:", config={"threads": max(1, job.threads),
+                                                 "temp_directory": str(job.directory / "spill")})
+        try:
+            return _step(con, job)
+        finally:
+            con.close()
+    except HeadraceError as exc:
+        return _Failure(type(exc).__name__, exc.message, exc.hint)
+    except duckdb.Error as exc:
+        return _Failure("read", engine_message(exc), "check the file format and options")
+
+
+def _step(con: Any, job: _Job) -> Any:
+    from headrace.quality.contracts import open_raw_reader, probe_layout, store_rejects, store_rows
+
+    spec, files, contract = job.spec, list(job.files), job.contract
+    if job.step == "keys":
+        layout = probe_layout(con, spec, files, workdir=job.directory, count_lines=False)
+        return set(layout.keys)
+    if job.step == "rows":
+        raw = open_raw_reader(con, spec, files, fields=job.fields, contract=contract, workdir=job.directory,
+                              count_lines=False)
+        return store_rows(con, raw, contract, directory=job.directory, other_keys=job.other_keys)
+    if job.step == "rejects":
+        duplicates = None
+        if job.duplicates:
+            listed = ", ".join(f"'{p}'" for p in job.duplicates)
+            con.execute(f"CREATE TEMP TABLE hr_dups AS SELECT * FROM read_parquet([{listed}])")
+            duplicates = "hr_dups"
+        found = store_rejects(con, job.stored, contract, duplicates=duplicates, directory=job.directory,
+                              name="hr", threads=job.threads)
+        return found if found is not None else _reference_rejects(con, job, duplicates)
+    raise ValueError(f"unknown step {job.step!r}")
+
+
+def _reference_rejects(con: Any, job: _Job, duplicates: str | None) -> tuple[str, int]:
+    """The rejects by one numbered pass (the safety net when the fast re-read does not add up)."""
+    from headrace.quality.contracts import _copy_parquet, open_raw_reader, plan_validation
+
+    with open_raw_reader(con, job.spec, list(job.files), fields=job.stored.fields, contract=job.contract,
+                         workdir=job.directory / "reference") as raw:
+        plan = plan_validation(job.contract, f"({raw.sql})", raw.fields,
+                               duplicates=duplicates if job.stored.key_columns else None)
+        stored = _copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), job.directory / "rejects")
+    count = con.execute(f"SELECT count(*) FROM {stored}").fetchall()[0][0]
+    return f"SELECT * FROM {stored}", int(count)
+
+
+def file_header(spec: FileSource, path: Path) -> str | None:
+    """A file's first line as the probe reads it (CR and BOM dropped, undecodable bytes
+    replaced), without reading the rest of the file."""
+    from headrace.quality.contracts import _chunks
+
+    head = b""
+    for chunk in _chunks(spec, path):
+        head += chunk
+        end = head.find(b"\n")
+        if end >= 0:
+            head = head[:end]
+            break
+    else:
+        if not head:
+            return None
+    return head.removesuffix(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
