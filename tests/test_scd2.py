@@ -510,3 +510,21 @@ def test_updated_at_matches_a_reference_model_on_random_batches(make_project):
                 end = f"2024-01-{points[i + 1][0]:02d}" if i + 1 < len(points) else None
                 want.append((key, value, f"2024-01-{day:02d}", end))
         assert dated(root, "city") == want
+
+
+def test_columns_named_like_the_change_sets_own_columns(make_project):
+    """Keys and tracked columns may be called kind, t, h, f, r, vf, vt, n...: the change set's
+    own columns are all ``__hr_``-prefixed, so they never shadow a user's column."""
+    pipe = pipeline('Scd2(key=["kind", "t"], track=["h", "vf"], updated_at="updated_at", deletes="ignore")')
+    header = "kind,t,h,vf,updated_at"
+    root = make_project({"pipelines/p.py": pipe,
+                         "data/customers.csv": csv("a,1,x,p,2024-01-01", "a,1,y,p,2024-01-10", "b,2,x,q,2024-01-01",
+                                                   header=header)})
+    ok(run_project(root))
+    write_files(root, {"data/customers.csv": csv("a,1,z,p,2024-01-05", header=header)})  # late: splits
+    ok(run_project(root))
+    rows = read_table(root, TABLE, order_by="kind, t, valid_from")
+    got = [(r["kind"], r["t"], r["h"], r["valid_from"].date().isoformat(),
+            r["valid_to"].date().isoformat() if r["valid_to"] else None) for r in rows]
+    assert got == [("a", 1, "x", "2024-01-01", "2024-01-05"), ("a", 1, "z", "2024-01-05", "2024-01-10"),
+                   ("a", 1, "y", "2024-01-10", None), ("b", 2, "x", "2024-01-01", None)]

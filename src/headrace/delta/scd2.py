@@ -68,51 +68,56 @@ _SIGNATURE_LOOKBACK = 50  # commits searched for the hash signature
 _HISTORY_SQL = """
 CREATE TEMP TABLE {ev} AS
 WITH h AS (
-    SELECT {k}, {vf} AS vf, {vt} AS vt, {rh} AS rh, __hr_f, __hr_r
+    SELECT {k}, {vf} AS __hr_evf, {vt} AS __hr_evt, {rh} AS __hr_erh, __hr_f, __hr_r
     FROM {ex} SEMI JOIN (SELECT {k} FROM {d} WHERE __hr_in) AS tk USING ({k})
 ), e0 AS (
-    SELECT {k}, vf AS t, 'v' AS kind, 0 AS src, rh AS h, __hr_f AS f, __hr_r AS r, vt AS old_vt FROM h
+    SELECT {k}, __hr_evf AS __hr_t, 'v' AS __hr_kind, 0 AS __hr_src, __hr_erh AS __hr_hv, __hr_f, __hr_r,
+           __hr_evt AS __hr_old_vt FROM h
     UNION ALL
-    SELECT {k}, vt, 'd', 0, NULL, NULL, NULL, NULL FROM (
-        SELECT {k}, vt, lead(vf) OVER (PARTITION BY {k} ORDER BY vf) AS nxt FROM h
-    ) WHERE vt IS NOT NULL AND nxt IS DISTINCT FROM vt
+    SELECT {k}, __hr_evt, 'd', 0, NULL, NULL, NULL, NULL FROM (
+        SELECT {k}, __hr_evt, lead(__hr_evf) OVER (PARTITION BY {k} ORDER BY __hr_evf) AS __hr_nxt FROM h
+    ) WHERE __hr_evt IS NOT NULL AND __hr_nxt IS DISTINCT FROM __hr_evt
     UNION ALL
     SELECT {k}, __hr_ts, 'v', 1, __hr_h, NULL, NULL, NULL
     FROM {inc} SEMI JOIN (SELECT {k} FROM {d} WHERE __hr_in) AS tk USING ({k})
 )
 SELECT *,
-    max(CASE WHEN kind = 'v' AND src = 1 THEN h END) OVER w AS n_h,
-    max(CASE WHEN kind = 'v' AND src = 0 THEN h END) OVER w AS e_h,
-    bool_or(kind = 'v') OVER w AS any_v
-FROM e0 WINDOW w AS (PARTITION BY {k}, t);
+    max(CASE WHEN __hr_kind = 'v' AND __hr_src = 1 THEN __hr_hv END) OVER w AS __hr_n_h,
+    max(CASE WHEN __hr_kind = 'v' AND __hr_src = 0 THEN __hr_hv END) OVER w AS __hr_e_h,
+    bool_or(__hr_kind = 'v') OVER w AS __hr_any_v
+FROM e0 WINDOW w AS (PARTITION BY {k}, __hr_t);
 
 CREATE TEMP TABLE {fin} AS
 WITH live AS (
     SELECT * FROM {ev}
-    WHERE NOT coalesce(kind = 'd' AND any_v, false)
-      AND NOT coalesce(kind = 'v' AND src = 0 AND n_h <> h, false)
-      AND NOT coalesce(kind = 'v' AND src = 1 AND e_h = h, false)
+    WHERE NOT coalesce(__hr_kind = 'd' AND __hr_any_v, false)
+      AND NOT coalesce(__hr_kind = 'v' AND __hr_src = 0 AND __hr_n_h <> __hr_hv, false)
+      AND NOT coalesce(__hr_kind = 'v' AND __hr_src = 1 AND __hr_e_h = __hr_hv, false)
 ), b AS (
-    SELECT *, CASE WHEN lag(kind) OVER o IS DISTINCT FROM kind
-                     OR (kind = 'v' AND lag(h) OVER o IS DISTINCT FROM h) THEN 1 ELSE 0 END AS brk
-    FROM live WINDOW o AS (PARTITION BY {k} ORDER BY t, src)
+    SELECT *, CASE WHEN lag(__hr_kind) OVER o IS DISTINCT FROM __hr_kind
+                     OR (__hr_kind = 'v' AND lag(__hr_hv) OVER o IS DISTINCT FROM __hr_hv) THEN 1 ELSE 0 END
+                  AS __hr_brk
+    FROM live WINDOW o AS (PARTITION BY {k} ORDER BY __hr_t, __hr_src)
 ), g AS (
-    SELECT *, sum(brk) OVER (PARTITION BY {k} ORDER BY t, src ROWS UNBOUNDED PRECEDING) AS run FROM b
+    SELECT *, sum(__hr_brk) OVER (PARTITION BY {k} ORDER BY __hr_t, __hr_src ROWS UNBOUNDED PRECEDING)
+              AS __hr_run FROM b
 ), kept AS (
     SELECT * FROM (
-        SELECT *, bool_or(src = 0) OVER (PARTITION BY {k}, run) AS run_e,
-               row_number() OVER (PARTITION BY {k}, run ORDER BY t, src) AS rn
+        SELECT *, bool_or(__hr_src = 0) OVER (PARTITION BY {k}, __hr_run) AS __hr_run_e,
+               row_number() OVER (PARTITION BY {k}, __hr_run ORDER BY __hr_t, __hr_src) AS __hr_rn
         FROM g
-    ) WHERE src = 0 OR (NOT run_e AND rn = 1)
+    ) WHERE __hr_src = 0 OR (NOT __hr_run_e AND __hr_rn = 1)
 )
-SELECT *, lead(t) OVER (PARTITION BY {k} ORDER BY t, src) AS new_vt FROM kept;
+SELECT *, lead(__hr_t) OVER (PARTITION BY {k} ORDER BY __hr_t, __hr_src) AS __hr_new_vt FROM kept;
 
 INSERT INTO {upd}
-SELECT f, r, new_vt, false FROM {fin} WHERE kind = 'v' AND src = 0 AND new_vt IS DISTINCT FROM old_vt
+SELECT __hr_f, __hr_r, __hr_new_vt, false FROM {fin}
+WHERE __hr_kind = 'v' AND __hr_src = 0 AND __hr_new_vt IS DISTINCT FROM __hr_old_vt
 UNION ALL
-SELECT f, r, NULL, true FROM {ev} WHERE kind = 'v' AND src = 0 AND n_h IS NOT NULL AND n_h <> h;
+SELECT __hr_f, __hr_r, NULL, true FROM {ev}
+WHERE __hr_kind = 'v' AND __hr_src = 0 AND __hr_n_h IS NOT NULL AND __hr_n_h <> __hr_hv;
 
-INSERT INTO {nv} SELECT {k}, t, new_vt FROM {fin} WHERE kind = 'v' AND src = 1;
+INSERT INTO {nv} SELECT {k}, __hr_t, __hr_new_vt FROM {fin} WHERE __hr_kind = 'v' AND __hr_src = 1;
 """
 
 
@@ -142,7 +147,8 @@ class _Scd2Publish:
         # one time for the whole run: every version this run opens or closes carries it
         self.run_ts = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         tag = uuid.uuid4().hex[:10]
-        self.t = {k: f"__hr_scd2_{tag}_{k}" for k in ("stg", "inc", "incd", "d", "ev", "fin", "upd", "nv", "fm")}
+        self.t = {k: f"__hr_scd2_{tag}_{k}"
+                  for k in ("stg", "inc", "incd", "d", "ev", "fin", "upd", "nv", "ex", "exr", "aff", "affr")}
         self.inc = self.t["inc"]
         self.partition_by = tuple(req.spec.partition_by)
 
@@ -159,10 +165,10 @@ class _Scd2Publish:
         self._incoming()
         files = self._live_files()
         self.rehash = self.table is not None and bool(files) and self._stored_signature() != self.signature
-        self.ex = self._scan(files)
-        self._run_sql(f"CREATE TEMP TABLE {self.t['upd']} (f VARCHAR, r BIGINT, vt TIMESTAMP, gone BOOLEAN)")
+        self.ex = self._scan(files, self.t["ex"])
+        self._run_sql(f"CREATE TEMP TABLE {self.t['upd']} (__hr_f VARCHAR, __hr_r BIGINT, __hr_vt TIMESTAMP, __hr_gone BOOLEAN)")
         keys = ", ".join(f"{q(k)} {self.types[k]}" for k in self.mode.key)
-        self._run_sql(f"CREATE TEMP TABLE {self.t['nv']} ({keys}, vf TIMESTAMP, vt TIMESTAMP)")
+        self._run_sql(f"CREATE TEMP TABLE {self.t['nv']} ({keys}, __hr_vf TIMESTAMP, __hr_vt TIMESTAMP)")
         self._classify()
         if self.mode.updated_at:
             self._history_changes()
@@ -170,15 +176,15 @@ class _Scd2Publish:
             self._snapshot_changes()
         inserted, closed, replaced = self._run_sql(
             f"SELECT (SELECT count(*) FROM {self.t['nv']}), "
-            f"(SELECT count(*) FROM {self.t['upd']} WHERE NOT gone), "
-            f"(SELECT count(*) FROM {self.t['upd']} WHERE gone)"
+            f"(SELECT count(*) FROM {self.t['upd']} WHERE NOT __hr_gone), "
+            f"(SELECT count(*) FROM {self.t['upd']} WHERE __hr_gone)"
         )[0]
         if self.table is not None and not (inserted or closed or replaced or self.rehash):
             return PublishResult(None, "scd2", 0, skipped="no changes: every key's tracked columns are unchanged")
         if self.rehash:
             affected = list(files)
         else:
-            rewritten = {r[0] for r in self._run_sql(f"SELECT DISTINCT f FROM {self.t['upd']}")}
+            rewritten = {r[0] for r in self._run_sql(f"SELECT DISTINCT __hr_f FROM {self.t['upd']}")}
             affected = [f for f in files if f.abs_path in rewritten]
         out = self.session.write_query(self._output_sql(affected), self._target())
         try:
@@ -193,8 +199,9 @@ class _Scd2Publish:
         return self.session.run_sql(sql)
 
     def _drop(self) -> None:
-        for kind, name in [("TABLE", n) for k, n in self.t.items() if k not in ("stg", "fm")] + [
-            ("VIEW", self.t["stg"]), ("VIEW", self.t["fm"])]:
+        views = ("stg", "ex", "aff")
+        for kind, name in [("TABLE", n) for k, n in self.t.items() if k not in views] + [
+                ("VIEW", self.t[k]) for k in views]:
             try:
                 self._run_sql(f"DROP {kind} IF EXISTS {name}")
             except Exception:  # cleanup; the session is closed next anyway
@@ -243,8 +250,7 @@ class _Scd2Publish:
                     table=self.name,
                 )
         self.inputs = inputs
-        described = self._run_sql(f"SELECT column_name, column_type FROM (DESCRIBE {self.t['stg']})")
-        self.types = {str(n): str(t) for n, t in described}
+        self.types = self.session.column_types(self.t["stg"])
         named = {"key": list(self.mode.key)}
         if isinstance(self.mode.track, tuple):
             named["track"] = list(self.mode.track)
@@ -292,9 +298,8 @@ class _Scd2Publish:
     def _incoming(self) -> None:
         """The snapshot with each row's version time and hash, checked for key problems."""
         cols = ", ".join(q(c) for c in self.inputs)
-        self._run_sql(
-            f"CREATE TEMP TABLE {self.inc} AS SELECT {cols}, {self._ts_sql()} AS __hr_ts, "
-            f"{self._hash_sql()} AS __hr_h FROM {self.t['stg']}"
+        self.session.bind_hashed(
+            self.inc, f"SELECT {cols}, {self._ts_sql()} AS __hr_ts FROM {self.t['stg']}", self._hash_sql(), "__hr_h"
         )
         keys = list(self.mode.key)
         k = ", ".join(q(c) for c in keys)
@@ -316,8 +321,8 @@ class _Scd2Publish:
             )[0]
             if dupes:
                 sample = self._run_sql(
-                    f"SELECT {k}, count(*) AS n FROM {self.inc} GROUP BY {k} HAVING count(*) > 1 "
-                    f"ORDER BY n DESC, {k} LIMIT 5"
+                    f"SELECT {k}, count(*) AS __hr_n FROM {self.inc} GROUP BY {k} HAVING count(*) > 1 "
+                    f"ORDER BY __hr_n DESC, {k} LIMIT 5"
                 )
                 raise DataQualityError(
                     f"{where}: the scd2 key ({label}) is not unique in the snapshot: {dupes} duplicated "
@@ -354,9 +359,10 @@ class _Scd2Publish:
                 table=self.name,
             )
         if extra:  # identical rows repeated: one version
+            cols = ", ".join(q(c) for c in [*self.inputs, "__hr_ts", "__hr_h"])
             self._run_sql(
-                f"CREATE TEMP TABLE {self.t['incd']} AS SELECT * FROM {self.inc} "
-                f"QUALIFY row_number() OVER (PARTITION BY {k}, __hr_ts ORDER BY __hr_h) = 1"
+                f"CREATE TEMP TABLE {self.t['incd']} AS SELECT {cols} FROM (SELECT *, row_number() OVER "
+                f"(PARTITION BY {k}, __hr_ts ORDER BY __hr_h) AS __hr_rn FROM {self.inc}) WHERE __hr_rn = 1"
             )
             self.inc = self.t["incd"]
 
@@ -378,12 +384,6 @@ class _Scd2Publish:
                 size=int(sizes[i]),
                 partitions={c: partition_text(raw.get(c)) for c in self.partition_by},
             ))
-        if files and self.partition_by:
-            columns: dict[str, list[Any]] = {"__hr_f": [f.abs_path for f in files]}
-            for c in self.partition_by:
-                columns[c] = [f.partitions[c] for f in files]
-            self.session.read_table(self.t["fm"], pa.table(columns, schema=pa.schema(
-                [(name, pa.string()) for name in columns])))
         return files
 
     def _stored_signature(self) -> str | None:
@@ -394,24 +394,24 @@ class _Scd2Publish:
                 return str(entry[SIGNATURE_KEY])
         return None
 
-    def _scan(self, files: Sequence[_LiveFile]) -> str:
-        """SQL for the rows of ``files`` with ``__hr_f`` (file) and ``__hr_r`` (row number)."""
+    def _scan(self, files: Sequence[_LiveFile], name: str) -> str:
+        """Bind ``name`` to the rows of ``files`` with ``__hr_f`` (file) and ``__hr_r`` (row
+        number in the file), row hashes recomputed when the tracked columns changed; return
+        the name to read."""
         if not files:
             cols = [f"CAST(NULL AS {self.types[c]}) AS {q(c)}" for c in self.inputs]
             cols += [f"CAST(NULL AS {_SCD2_TYPES[c]}) AS {q(c)}" for c in SCD2_COLUMNS]
             cols += ["CAST(NULL AS VARCHAR) AS __hr_f", "CAST(NULL AS BIGINT) AS __hr_r"]
-            return f"(SELECT {', '.join(cols)} WHERE false)"
-        paths = "[" + ", ".join(sql_string(f.abs_path) for f in files) + "]"
-        src = (f"read_parquet({paths}, filename='__hr_f', file_row_number=true, union_by_name=true, "
-               "hive_partitioning=false)")
-        rehash = f" REPLACE ({self._hash_sql()} AS {q(ROW_HASH)})" if self.rehash else ""
-        if not self.partition_by:
-            scan = f"SELECT * EXCLUDE (file_row_number), file_row_number AS __hr_r FROM {src}"
-        else:
-            pcols = ", ".join(f"CAST(fm.{q(c)} AS {self.types[c]}) AS {q(c)}" for c in self.partition_by)
-            scan = (f"SELECT e.* EXCLUDE (file_row_number), e.file_row_number AS __hr_r, {pcols} "
-                    f"FROM {src} AS e JOIN {self.t['fm']} AS fm ON e.__hr_f = fm.__hr_f")
-        return f"(SELECT *{rehash} FROM ({scan}))"
+            self._run_sql(f"CREATE TEMP TABLE {name}r AS SELECT {', '.join(cols)} WHERE false")
+            return f"{name}r"
+        assert self.table is not None
+        schema = pa.schema(self.table.schema().to_arrow())
+        self.session.bind_files(name, [(f.abs_path, f.partitions) for f in files], schema, self.partition_by)
+        if not self.rehash:
+            return name
+        cols = ", ".join(q(c) for c in [*self.inputs, *SCD2_COLUMNS, "__hr_f", "__hr_r"] if c != ROW_HASH)
+        self.session.bind_hashed(f"{name}r", f"SELECT {cols} FROM {name}", self._hash_sql(), ROW_HASH)
+        return f"{name}r"
 
     # ---- the change set ----------------------------------------------------------------
     def _classify(self) -> None:
@@ -421,20 +421,21 @@ class _Scd2Publish:
         file, row and ``valid_from`` (NULL when it has none).
         """
         k = ", ".join(q(c) for c in self.mode.key)
-        cur = (f"(SELECT {k}, {q(VALID_FROM)} AS vf, {q(ROW_HASH)} AS rh, __hr_f, __hr_r "
+        cur = (f"(SELECT {k}, {q(VALID_FROM)} AS __hr_cvf, {q(ROW_HASH)} AS __hr_crh, __hr_f, __hr_r "
                f"FROM {self.ex} WHERE {q(IS_CURRENT)})")
         keep_absent = "" if self.mode.deletes == "close" else " AND i.__hr_n IS NOT NULL"
         if self.mode.updated_at is None:
-            incoming = f"(SELECT {k}, 1 AS __hr_n, __hr_ts AS mn, __hr_h AS h FROM {self.inc})"
-            changed = "i.h IS DISTINCT FROM c.rh"
+            incoming = f"(SELECT {k}, 1 AS __hr_n, __hr_ts AS __hr_mn, __hr_h AS __hr_ih FROM {self.inc})"
+            changed = "i.__hr_ih IS DISTINCT FROM c.__hr_crh"
         else:
-            incoming = (f"(SELECT {k}, count(*) AS __hr_n, min(__hr_ts) AS mn, min(__hr_h) AS h "
+            incoming = (f"(SELECT {k}, count(*) AS __hr_n, min(__hr_ts) AS __hr_mn, min(__hr_h) AS __hr_ih "
                         f"FROM {self.inc} GROUP BY {k})")
             # one version, equal to the current one and not older: nothing to do
-            changed = "NOT coalesce(i.__hr_n = 1 AND i.h = c.rh AND i.mn >= c.vf, false)"
+            changed = ("NOT coalesce(i.__hr_n = 1 AND i.__hr_ih = c.__hr_crh AND i.__hr_mn >= c.__hr_cvf, "
+                       "false)")
         self._run_sql(
             f"CREATE TEMP TABLE {self.t['d']} AS SELECT {k}, i.__hr_n IS NOT NULL AS __hr_in, "
-            f"c.__hr_f, c.__hr_r, c.vf AS __hr_vf FROM {incoming} AS i FULL OUTER JOIN {cur} AS c USING ({k}) "
+            f"c.__hr_f, c.__hr_r, c.__hr_cvf AS __hr_vf FROM {incoming} AS i FULL OUTER JOIN {cur} AS c USING ({k}) "
             f"WHERE {changed}{keep_absent}"
         )
 
@@ -474,22 +475,26 @@ class _Scd2Publish:
     # ---- output ------------------------------------------------------------------------
     def _output_sql(self, affected: Sequence[_LiveFile]) -> str:
         """The rows of the rewritten files (versions closed, replaced ones left out) and the new
-        versions, in the table's column order."""
+        versions, in the table's column order. Column lists are spelled out (no ``* EXCLUDE``,
+        no ``UNION BY NAME``): the same SQL runs on Spark."""
         k = list(self.mode.key)
         on = " AND ".join(f"i.{q(c)} = nv.{q(c)}" for c in k)
+        body_cols = [*self.inputs, VALID_FROM, VALID_TO, ROW_HASH]
         new_rows = (
-            f"SELECT i.* EXCLUDE (__hr_ts, __hr_h), nv.vf AS {q(VALID_FROM)}, nv.vt AS {q(VALID_TO)}, "
-            f"i.__hr_h AS {q(ROW_HASH)} FROM {self.inc} AS i JOIN {self.t['nv']} AS nv ON {on} AND i.__hr_ts = nv.vf"
+            f"SELECT {', '.join(f'i.{q(c)}' for c in self.inputs)}, nv.__hr_vf AS {q(VALID_FROM)}, "
+            f"nv.__hr_vt AS {q(VALID_TO)}, i.__hr_h AS {q(ROW_HASH)} "
+            f"FROM {self.inc} AS i JOIN {self.t['nv']} AS nv ON {on} AND i.__hr_ts = nv.__hr_vf"
         )
         body = new_rows
         if affected:
+            scan = self._scan(affected, self.t["aff"])
+            old = [f"CASE WHEN u.__hr_r IS NULL THEN e.{q(c)} ELSE u.__hr_vt END AS {q(c)}" if c == VALID_TO
+                   else f"e.{q(c)}" for c in body_cols]
             old_rows = (
-                f"SELECT e.* EXCLUDE ({q(VALID_TO)}, {q(IS_CURRENT)}, __hr_f, __hr_r), "
-                f"CASE WHEN u.r IS NULL THEN e.{q(VALID_TO)} ELSE u.vt END AS {q(VALID_TO)} "
-                f"FROM {self._scan(affected)} AS e LEFT JOIN {self.t['upd']} AS u "
-                f"ON e.__hr_f = u.f AND e.__hr_r = u.r WHERE u.gone IS NOT TRUE"
+                f"SELECT {', '.join(old)} FROM {scan} AS e LEFT JOIN {self.t['upd']} AS u "
+                f"ON e.__hr_f = u.__hr_f AND e.__hr_r = u.__hr_r WHERE u.__hr_gone IS NOT TRUE"
             )
-            body = f"{old_rows} UNION ALL BY NAME {new_rows}"
+            body = f"{old_rows} UNION ALL {new_rows}"
         cols = [
             f"{q(VALID_TO)} IS NULL AS {q(IS_CURRENT)}" if c == IS_CURRENT else q(c) for c in self.out_columns
         ]

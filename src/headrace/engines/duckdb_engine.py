@@ -12,7 +12,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -476,6 +476,39 @@ class DuckDBSession:
         """A temp view ``name`` over the staged files, typed like :meth:`staged_rows` sees them."""
         view = self._staged_view(staged)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {view}")
+
+    def column_types(self, name: str) -> dict[str, str]:
+        """The DuckDB type of each column of the relation ``name``."""
+        described = self.run_sql(f"SELECT column_name, column_type FROM (DESCRIBE {quote_ident(name)})")
+        return {str(n): str(t) for n, t in described}
+
+    def bind_hashed(self, name: str, sql: str, hash_sql: str, column: str) -> None:
+        """A temp table ``name``: the rows of ``sql`` plus ``column`` = ``hash_sql``."""
+        self.run_sql(f"CREATE TEMP TABLE {quote_ident(name)} AS SELECT *, {hash_sql} AS {quote_ident(column)} "
+                     f"FROM ({sql})")
+
+    def bind_files(self, name: str, files: Sequence[tuple[str, Mapping[str, str | None]]], schema: pa.Schema,
+                   partition_by: Sequence[str]) -> None:
+        """A temp view ``name`` over a table's Parquet files: its columns (partition values,
+        kept in the Delta log, typed by ``schema``), ``__hr_f`` (the file's path) and
+        ``__hr_r`` (the row's number in its file)."""
+        paths = "[" + ", ".join(sql_string(p) for p, _ in files) + "]"
+        src = (f"read_parquet({paths}, filename='__hr_f', file_row_number=true, union_by_name=true, "
+               "hive_partitioning=false)")
+        if not partition_by:
+            sql = f"SELECT * EXCLUDE (file_row_number), file_row_number AS __hr_r FROM {src}"
+        else:
+            mapping = f"{name}_files"
+            columns: dict[str, list[Any]] = {"__hr_f": [p for p, _ in files]}
+            for c in partition_by:
+                columns[c] = [values.get(c) for _, values in files]
+            self.read_table(mapping, pa.table(columns, schema=pa.schema([(n, pa.string()) for n in columns])))
+            casts = ", ".join(
+                f"CAST(fm.{quote_ident(c)} AS {_duck_type(schema.field(c).type)}) AS {quote_ident(c)}"
+                for c in partition_by)
+            sql = (f"SELECT e.* EXCLUDE (file_row_number), e.file_row_number AS __hr_r, {casts} "
+                   f"FROM {src} AS e JOIN {quote_ident(mapping)} AS fm ON e.__hr_f = fm.__hr_f")
+        self.run_sql(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {sql}")
 
     def run_sql(self, sql: str) -> list[tuple[Any, ...]]:
         try:

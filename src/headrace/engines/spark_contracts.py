@@ -41,6 +41,19 @@ from typing import Any
 import pyarrow as pa
 
 from headrace.errors import DataQualityError, HeadraceError, SourceError
+from headrace.quality.contracts import (
+    NO_REJECTS,
+    CsvDialect,
+    copy_parquet,
+    csv_headers,
+    csv_union,
+    file_chunks,
+    open_raw_reader,
+    plan_validation,
+    probe_layout,
+    store_rejects,
+    store_rows,
+)
 from headrace.spec.contracts import Contract
 from headrace.spec.sources import FileSource
 
@@ -138,8 +151,6 @@ def validate_on_spark(
     """Validate ``files`` in Spark tasks (see the module docstring). ``local`` is the
     driver's DuckDB connection (it reads footers only); ``read_parquet`` reads Parquet files
     into a DataFrame of the given schema."""
-    from headrace.quality.contracts import csv_headers, csv_union
-
     groups = file_groups([Path(p) for p in files], parallelism)
     folders = [workdir / f"group-{i}" for i in range(len(groups))]
 
@@ -150,40 +161,30 @@ def validate_on_spark(
         return [_Job(step=step, spec=spec, files=g, contract=contract, directory=d, threads=task_cores, **kw)
                 for g, d in zip(groups, folders, strict=True)]
 
+    # 1. the batch's fields
     fields: tuple[str, ...] | None = None
     headers: dict[str, str | None] = {}
     if spec.format == "csv":
         found = [h for batch in run("headers") for h in batch]
         headers = {str(p): h for p, h in zip([p for g in groups for p in g], found, strict=True)}
-        probes = [_HeaderProbe(Path(p), h) for p, h in headers.items()]
-        names = list(spec_columns(spec) or contract.names)
-        if not spec.header and not names:
-            from headrace.quality.contracts import CsvDialect
-
-            first = next((h for h in found if h is not None), None)
-            width = len(CsvDialect.of(spec).split(first) or []) if first is not None else 0
-            names = [f"column{i}" for i in range(width)]
-        fields = csv_union(csv_headers(spec, probes, names))  # type: ignore[arg-type]
+        fields = _csv_fields(spec, contract, headers)
     optimistic = spec.format == "ndjson" and contract.schema == "evolve"
     if spec.format == "ndjson":
-        if contract.schema == "discard" or optimistic:
-            fields = contract.names
-        else:
-            fields = _discover_keys(run("keys"), contract)
+        fields = contract.names if contract.schema == "discard" or optimistic else _discover_keys(run("keys"), contract)
+    # 2. every line typed and judged, in the tasks
     stored = run("rows", fields=fields, other_keys=optimistic)
-    if optimistic and any(s.found_other for s in stored):
-        fields = _discover_keys(run("keys"), contract)
-        stored = run("rows", fields=fields)
+    if optimistic and any(s.found_other for s in stored):  # a record holds another key
+        stored = run("rows", fields=_discover_keys(run("keys"), contract))
     first = stored[0]
+    paths = [p for d in folders for p in sorted((d / "rows").glob("*.parquet"))]
+    # 3. duplicate keys over every group
     key_names = tuple(contract.names[i] for i, _ in first.key_columns)
-    key_positions = tuple(i for i, _ in first.key_columns)
-    paths = [sorted((d / "rows").glob("*.parquet")) for d in folders]
-    schema = local.sql(f"SELECT * FROM {first.stored} LIMIT 0").to_arrow_table().schema
     duplicates: tuple[Path, ...] = ()
     if key_names:
-        stored_files = [p for ps in paths for p in ps]
-        keys_frame = read_parquet(stored_files, pa.schema([schema.field(k) for k in key_names]))
-        duplicates = _duplicate_keys(keys_frame, key_names, key_positions, workdir / "dups")
+        schema = local.sql(f"SELECT * FROM {first.stored} LIMIT 0").to_arrow_table().schema
+        keys_frame = read_parquet(paths, pa.schema([schema.field(k) for k in key_names]))
+        duplicates = _duplicate_keys(keys_frame, key_names, [i for i, _ in first.key_columns], workdir / "dups")
+    # 4. the rejects, numbered, where there are any
     todo = [i for i, s in enumerate(stored) if s.bad or duplicates]
     rejects: list[tuple[str, int]] = [("", 0)] * len(stored)
     if todo:
@@ -192,28 +193,35 @@ def validate_on_spark(
         for i, found_rejects in zip(todo, _run(spark, work, spec=spec, source_name=source_name), strict=True):
             rejects[i] = found_rejects
     queries = [sql for sql, n in rejects if n]
-    from headrace.quality.contracts import _NO_REJECTS
-
     return SparkValidation(
         rows=sum(s.rows for s in stored),
         quarantined=sum(n for _, n in rejects),
         columns=first.columns,
         fields=first.fields,
-        stored=tuple(p for ps in paths for p in ps),
+        stored=tuple(paths),
         key_columns=key_names,
         duplicates=duplicates,
-        rejects_sql="\nUNION ALL\n".join(queries) if queries else _NO_REJECTS,
+        rejects_sql="\nUNION ALL\n".join(queries) if queries else NO_REJECTS,
         headers=headers,
     )
 
 
-def spec_columns(spec: FileSource) -> list[str]:
-    return [n for n, _ in spec.columns]
+def _csv_fields(spec: FileSource, contract: Contract, headers: dict[str, str | None]) -> tuple[str, ...]:
+    """The fields of a CSV batch from every file's first line, as ``probe_layout`` names them."""
+    names = [n for n, _ in spec.columns] or list(contract.names)
+    if not spec.header and not names:
+        first = next((h for h in headers.values() if h is not None), None)
+        width = len(CsvDialect.of(spec).split(first) or []) if first is not None else 0
+        names = [f"column{i}" for i in range(width)]
+    probes = [_HeaderProbe(Path(p), h) for p, h in headers.items()]
+    return csv_union(csv_headers(spec, probes, names))
+
+
 
 
 @dataclass(frozen=True)
 class _HeaderProbe:
-    """What ``csv_headers`` reads of a probe: the path and the first line."""
+    """A file's path and first line (what ``csv_headers`` reads)."""
 
     path: Path
     header: str | None
@@ -308,8 +316,6 @@ def run_job(job: _Job) -> Any:
 
 
 def _step(con: Any, job: _Job) -> Any:
-    from headrace.quality.contracts import open_raw_reader, probe_layout, store_rejects, store_rows
-
     spec, files, contract = job.spec, list(job.files), job.contract
     if job.step == "keys":
         layout = probe_layout(con, spec, files, workdir=job.directory, count_lines=False)
@@ -332,13 +338,11 @@ def _step(con: Any, job: _Job) -> Any:
 
 def _reference_rejects(con: Any, job: _Job, duplicates: str | None) -> tuple[str, int]:
     """The rejects by one numbered pass (the safety net when the fast re-read does not add up)."""
-    from headrace.quality.contracts import _copy_parquet, open_raw_reader, plan_validation
-
     with open_raw_reader(con, job.spec, list(job.files), fields=job.stored.fields, contract=job.contract,
                          workdir=job.directory / "reference") as raw:
         plan = plan_validation(job.contract, f"({raw.sql})", raw.fields,
                                duplicates=duplicates if job.stored.key_columns else None)
-        stored = _copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), job.directory / "rejects")
+        stored = copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), job.directory / "rejects")
     count = con.execute(f"SELECT count(*) FROM {stored}").fetchall()[0][0]
     return f"SELECT * FROM {stored}", int(count)
 
@@ -346,10 +350,8 @@ def _reference_rejects(con: Any, job: _Job, duplicates: str | None) -> tuple[str
 def file_header(spec: FileSource, path: Path) -> str | None:
     """A file's first line as the probe reads it (CR and BOM dropped, undecodable bytes
     replaced), without reading the rest of the file."""
-    from headrace.quality.contracts import _chunks
-
     head = b""
-    for chunk in _chunks(spec, path):
+    for chunk in file_chunks(spec, path):
         head += chunk
         end = head.find(b"\n")
         if end >= 0:

@@ -8,12 +8,15 @@ What runs where:
   transpiled from DuckDB's dialect, Python functions receiving DataFrames), writing the
   result's Parquet files into the table's folder, and the checks (the check compiler's one
   audit query, transpiled). Merge is a copy-on-write rewrite on the executors
-  (:meth:`SparkTaskSession.merge_rewrite`).
+  (:meth:`SparkTaskSession.merge_rewrite`); SCD2 change sets are headrace's own SQL run
+  statement by statement (:mod:`headrace.engines.spark_statements`), row hashes computed by
+  DuckDB in the tasks so both engines store the same ones.
 * The driver: the Delta commit (the files' footers become add actions; one commit per table
   per run through deltalake, exactly as on DuckDB), writing the quarantine's rows, and,
   through an embedded DuckDB over files, the steps that are not distributed yet: contracts on
-  Parquet sources and on derived tables, and SCD2 change sets. They stream, so memory stays
-  bounded, but they run on one machine.
+  Parquet sources and on derived tables, and commits that add columns (schema ``evolve``),
+  which go through deltalake's writer. They stream, so memory stays bounded, but they run on
+  one machine.
 
 pyspark is imported only when this module is, i.e. only when ``engine = "spark"``.
 """
@@ -256,6 +259,7 @@ class SparkTaskSession:
         self._observed: list[tuple[Any, Any]] = []  # (observation, the unobserved source)
         self._sources: dict[str, str] = {}
         self._binds = 0
+        self._kept: list[Any] = []  # checkpoints behind temp views (see spark_statements.run_statement)
 
     # ---- inputs -------------------------------------------------------------------------
     def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
@@ -435,7 +439,8 @@ class SparkTaskSession:
 
     def _parquet_frame(self, paths: Sequence[Path], schema: pa.Schema, *,
                        partitions: Mapping[str, Mapping[str, Any]] | None = None,
-                       log_paths: Mapping[str, str] | None = None, file_column: str | None = None) -> Any:
+                       log_paths: Mapping[str, str] | None = None, file_column: str | None = None,
+                       row_column: str | None = None) -> Any:
         """Parquet files as one DataFrame in ``schema``'s column order. Partition columns (not
         stored in the files) come from ``partitions`` (file name -> values) via a broadcast
         join, which also gives each row its file's log path (``log_paths``) when asked."""
@@ -443,10 +448,13 @@ class SparkTaskSession:
         from pyspark.sql.pandas.types import from_arrow_schema, from_arrow_type
         from pyspark.sql.types import StringType, StructField, StructType
 
-        wanted = [F.col(quote_spark(n)) for n in schema.names] + ([F.col(file_column)] if file_column else [])
+        wanted = [F.col(quote_spark(n)) for n in schema.names] + ([F.col(file_column)] if file_column else []) + (
+            [F.col(row_column)] if row_column else [])
         if not paths:
             empty = self._empty(schema)
-            return empty.withColumn(file_column, F.lit(None).cast("string")) if file_column else empty
+            if file_column:
+                empty = empty.withColumn(file_column, F.lit(None).cast("string"))
+            return empty.withColumn(row_column, F.lit(None).cast("bigint")) if row_column else empty
         part_cols = sorted({c for values in (partitions or {}).values() for c in values} & set(schema.names))
         if len(partitions or {}) < len(paths) and (part_cols or file_column):
             raise EngineError("two files of one table share a file name; Spark cannot tell their partitions apart",
@@ -454,6 +462,8 @@ class SparkTaskSession:
         data = pa.schema([f for f in schema if f.name not in part_cols])
         frame = self.spark.read.schema(from_arrow_schema(_nullable(data), prefer_timestamp_ntz=True)).parquet(
             *[_uri(p) for p in paths])
+        if row_column:
+            frame = frame.withColumn(row_column, F.col("_metadata.row_index"))
         if part_cols or file_column:
             names = list(partitions or {})
             rows = [(name, (log_paths or {}).get(name), *[partition_text((partitions or {})[name].get(c)) for c in part_cols])
@@ -537,16 +547,19 @@ class SparkTaskSession:
         stage_dir = target.directory / f"stage-{uuid.uuid4().hex}"
         target.directory.mkdir(parents=True, exist_ok=True)
         codec = PARQUET_CODECS.get(target.compression, "zstd")
-        writer = frame.write.mode("error").option("compression", codec)
+        writer = self._rebalanced(frame, target).write.mode("error").option("compression", codec)
         if target.compression_level is not None and codec == "zstd":
             writer = writer.option("parquet.compression.codec.zstd.level", str(target.compression_level))
         if target.partition_by:
             writer = writer.partitionBy(*target.partition_by)
+        restore = self._size_files(target)
         try:
             writer.parquet(_uri(stage_dir))
         except BaseException:
             shutil.rmtree(stage_dir, ignore_errors=True)
             raise
+        finally:
+            restore()
         remove_side_files(stage_dir)
         unique_names(stage_dir)
         files = staged_files(target.directory, stage_dir, schema, target.partition_by)
@@ -557,6 +570,71 @@ class SparkTaskSession:
             partition_by=target.partition_by,
             column_types={f.name: engine_type_name(f.type) for f in schema},
         )
+
+    # ---- file sizes (``[write] target_file_size``) ------------------------------------------
+    # Spark writes one file per task and partition value, so left alone its files follow the
+    # plan's partitions: a file per task and value however small, or a few huge ones. So the
+    # write is rebalanced, as Delta's optimized writes do, with Spark's own AQE: REBALANCE by
+    # the partition columns (a value's rows meet in one task; a value bigger than a file is
+    # split into file-sized runs of map outputs) or, unpartitioned, round robin; AQE then
+    # splits big tasks and coalesces small ones to its advisory partition size, derived from
+    # the target. That size counts shuffle bytes (rows, lz4), files are Parquet (columns,
+    # dictionaries, zstd): measured, 1.3 (random doubles) to 12 (repetitive codes) shuffle
+    # bytes per file byte, ~3.5 on orders-like data (tests/test_spark_file_size.py); Delta's
+    # optimized writes bin 512 MiB of shuffle for their 128 MiB files, the same factor.
+    _SHUFFLE_BYTES_PER_FILE_BYTE = 4
+
+    def _rebalanced(self, frame: Any, target: StageTarget) -> Any:
+        from pyspark.sql import functions as F
+
+        # Columns, not names: Spark Connect sends a bare string as a literal
+        return frame.hint("rebalance", *[F.col(quote_spark(c)) for c in target.partition_by])
+
+    def _size_files(self, target: StageTarget) -> Any:
+        """Set the AQE settings that size the rebalanced write's tasks in this task's own
+        session (classic: its ``newSession()``; Connect: its own session), so concurrent tasks
+        with other targets are unaffected; returns the undo, run once the write is done."""
+        advisory = int(max(target.target_file_size, 1) * self._SHUFFLE_BYTES_PER_FILE_BYTE)
+        settings = {
+            "spark.sql.adaptive.enabled": "true",  # a REBALANCE is only a shuffle without AQE
+            "spark.sql.adaptive.coalescePartitions.enabled": "true",
+            "spark.sql.adaptive.optimizeSkewsInRebalancePartitions.enabled": "true",
+            "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(advisory),
+            # a split's last run under half the size joins the one before (Spark: a fifth),
+            # so a file cut from a big partition is 0.5 to 1.5 sizes, not 0.2
+            "spark.sql.adaptive.rebalancePartitionsSmallPartitionFactor": "0.5",
+        }
+        if not target.partition_by:
+            settings.update({
+                # here tasks are files: AQE keeps up to a task per core while a result is
+                # smaller than cores x target (as DuckDB writes a file per thread), but no
+                # file under a quarter of the target (Spark: 1 MiB), so a small result is one
+                # file (partitioned, the count of tasks does not change the count of files)
+                "spark.sql.adaptive.coalescePartitions.minPartitionSize": str(max(1, advisory // 4)),
+                # Spark's local sort before a round robin scrambles the rows (files 2-3x larger,
+                # the write 2x slower, measured); without it a retried map task over unordered
+                # input makes its stage indeterminate, which Spark handles by rerunning or
+                # failing the job, never by losing or doubling rows
+                "spark.sql.execution.sortBeforeRepartition": "false",
+            })
+        conf = self.spark.conf
+        saved: dict[str, str | None] = {}
+        for key, value in settings.items():
+            try:  # sizing is best effort: a server that refuses a setting still gets the write
+                before = conf.get(key, None)
+                conf.set(key, value)
+            except Exception:
+                continue
+            saved[key] = before
+
+        def restore() -> None:
+            for key, value in saved.items():
+                if value is None:
+                    conf.unset(key)
+                else:
+                    conf.set(key, value)
+
+        return restore
 
     def merge_rewrite(self, staged: StagedResult, dataset: Any, keys: Sequence[str], delete_when: str | None,
                       target: StageTarget) -> tuple[StagedResult, list[str], int]:
@@ -636,15 +714,50 @@ class SparkTaskSession:
         self._local.read_table(name, dataset)
         return name
 
-    # ---- driver-side write modes (scd2) -------------------------------------------------
+    # ---- engine-side write modes (scd2): headrace's own SQL, run on Spark ----------------
     def bind_staged(self, staged: StagedResult, name: str) -> None:
-        self._local.read_table(name, _staged_dataset(staged))
+        self._staged_frame(staged).createOrReplaceTempView(name)
+
+    def column_types(self, name: str) -> dict[str, str]:
+        """DuckDB's names for the column types of the view ``name`` (the SQL is DuckDB's)."""
+        from headrace.engines.duckdb_engine import _duck_type
+
+        return {f.name: _duck_type(f.type) for f in _arrow_schema(self.spark.table(quote_spark(name)).schema)}
+
+    def bind_hashed(self, name: str, sql: str, hash_sql: str, column: str) -> None:
+        from headrace.engines.spark_statements import bind_hashed
+
+        try:
+            bind_hashed(self.spark, name, sql, hash_sql, column, self._kept)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"Spark: {_first_line(exc)}") from exc
+
+    def bind_files(self, name: str, files: Sequence[tuple[str, Mapping[str, str | None]]], schema: pa.Schema,
+                   partition_by: Sequence[str]) -> None:
+        """A temp view over a table's files with ``__hr_f`` (path) and ``__hr_r`` (row number
+        in the file, Parquet's own ``_metadata.row_index``), as the DuckDB engine binds them."""
+        paths = [Path(p) for p, _ in files]
+        partitions = {path.name: dict(values) for path, (_, values) in zip(paths, files, strict=True)}
+        frame = self._parquet_frame(paths, schema, partitions=partitions,
+                                    log_paths={path.name: str(path) for path in paths}, file_column="__hr_f",
+                                    row_column="__hr_r")
+        frame.createOrReplaceTempView(name)
 
     def run_sql(self, sql: str) -> list[tuple[Any, ...]]:
-        return self._local.run_sql(sql)
+        from headrace.engines.spark_statements import run_statement
+
+        return run_statement(self.spark, sql, self._kept)
 
     def write_query(self, sql: str, target: StageTarget) -> StagedResult:
-        return self._local.write_query(sql, target)
+        """Executors write the query's rows into the table's folder (see :meth:`stage`)."""
+        from headrace.engines.spark_statements import internal_to_spark_sql
+
+        try:
+            return self._write(self.spark.sql(internal_to_spark_sql(sql)), target)
+        except Exception as exc:
+            raise EngineError(f"Spark: {_first_line(exc)}") from exc
 
     def _classify(self, exc: BaseException, spec: TableSpec) -> Exception:
         where = f"table {spec.name!r} ({spec.origin})"
@@ -660,6 +773,9 @@ class SparkTaskSession:
         return TransformError(f"{where}: {text}", table=spec.name)
 
     def close(self) -> None:
+        from headrace.engines.spark_statements import release
+
+        release(self._kept)
         self._local.close()
 
 

@@ -66,7 +66,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -148,7 +148,7 @@ def _open_bytes(spec: FileSource, path: Path) -> pa.NativeFile:
     return pa.CompressedInputStream(raw, codec) if codec else raw
 
 
-def _chunks(spec: FileSource, path: Path) -> Iterator[bytes]:
+def file_chunks(spec: FileSource, path: Path) -> Iterator[bytes]:
     try:
         with _open_bytes(spec, path) as stream:
             while True:
@@ -182,7 +182,7 @@ def probe_file(spec: FileSource, path: Path, *, count_lines: bool = True) -> Fil
     head = b""
     last = b""
     pending_cr = False
-    for chunk in _chunks(spec, path):
+    for chunk in file_chunks(spec, path):
         size += len(chunk)
         joined = pending_cr and chunk[:1] == b"\n"  # a CRLF split across two chunks
         if joined:
@@ -280,7 +280,7 @@ def _write_fallback(spec: FileSource, probe: FileProbe, target: Path) -> None:
     it), and refuses invalid UTF-8. ``bytes.split`` and one Arrow conversion are C-level, and
     irregular files are rare; the whole file is held in memory once here.
     """
-    data = b"".join(_chunks(spec, probe.path))
+    data = b"".join(file_chunks(spec, probe.path))
     if data.endswith(b"\n"):
         data = data[:-1]
     lines = data.split(b"\n") if data else []
@@ -660,7 +660,17 @@ def unique_names(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def csv_headers(spec: FileSource, probes: Sequence[FileProbe], names: Sequence[str] | None) -> tuple[tuple[str, ...], ...]:
+class HeaderLine(Protocol):
+    """What ``csv_headers`` reads of a file: its path and first line (a ``FileProbe``)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def header(self) -> str | None: ...
+
+
+def csv_headers(spec: FileSource, probes: Sequence[HeaderLine], names: Sequence[str] | None) -> tuple[tuple[str, ...], ...]:
     """Each file's field names: its header line, or ``names`` for headerless files."""
     dialect = CsvDialect.of(spec)
     headers: list[tuple[str, ...]] = []
@@ -1455,7 +1465,7 @@ class StoredValidation:
             con.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
 
 
-_NO_REJECTS = (
+NO_REJECTS = (
     "SELECT NULL::VARCHAR AS __hr_file, NULL::BIGINT AS __hr_line, NULL::VARCHAR AS __hr_raw, "
     f"NULL::{VIOLATIONS_TYPE} AS __hr_violations WHERE false"
 )
@@ -1493,7 +1503,7 @@ def _reject_slots(rejects: int) -> int:
     return min(max(1 << 16, 1 << (256 * rejects).bit_length()), 1 << 27)
 
 
-def _copy_parquet(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> str:
+def copy_parquet(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> str:
     """COPY ``sql`` into Parquet files in the folder ``target`` (replaced); return a
     ``read_parquet`` over them. Why lz4, no dictionaries and per-thread files: the files live
     for one task and are read once or twice, while writing them is on the critical path
@@ -1655,7 +1665,7 @@ def store_rows(
     )
     match = check_contract_against_columns(contract, raw.fields)
     columns = (*contract.names, *(match.extra if contract.schema == "evolve" else ()))
-    stored = _copy_parquet(
+    stored = copy_parquet(
         con, stored_rows_sql(contract, f"({fast})", raw.fields, other_keys=other_keys), directory / "rows"
     )
     other = "coalesce(bool_or(__hr_other), false)" if other_keys else "false"
@@ -1697,7 +1707,7 @@ def store_rejects(
             bad = "(r.__hr_bad OR d.__hr_dups IS NOT NULL)"
             quarantined += int(shared)  # an upper bound until the scan below counts them
     if not quarantined:
-        return _NO_REJECTS, 0
+        return NO_REJECTS, 0
     # a bitmap of the rejects' text hashes, < 0.4% of its bits set: few good lines pass it
     slots = _reject_slots(int(quarantined))
     variable = sql_string(f"{name}_rejects")
@@ -1717,7 +1727,7 @@ def store_rejects(
     ).fetchall()[0]
     if not quarantined:  # the duplicated keys were in other files
         con.execute(f"RESET VARIABLE {quote_ident(f'{name}_rejects')}")
-        return _NO_REJECTS, 0
+        return NO_REJECTS, 0
     layout = _with_line_counts(layout, sorted(in_files), dict(read), header=csv and spec.header)
     numbered = lines_sql(
         spec, layout, only=(f"getvariable({variable}).bits", slots), files=sorted(in_files),
@@ -1729,7 +1739,7 @@ def store_rejects(
         else _ndjson_sql(spec, layout, lines=numbered, filtered=True)
     )
     plan = plan_validation(contract, f"({exact})", rows.fields, duplicates=duplicates if keys else None)
-    stored_rejects = _copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), directory / "rejects")
+    stored_rejects = copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), directory / "rejects")
     con.execute(f"RESET VARIABLE {quote_ident(f'{name}_rejects')}")
     found = con.execute(f"SELECT count(*), sum(hash(__hr_raw)::HUGEINT) FROM {stored_rejects}").fetchall()[0]
     if found != (quarantined, check):
@@ -1769,7 +1779,7 @@ def _store_reference(
         if dups:
             keys_sql = f"({raw.sql_for(plan.key_fields)})"
             con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(dups)} AS {plan.duplicates_sql(keys_sql)}")
-        stored = _copy_parquet(con, plan.sql, directory / "all")
+        stored = copy_parquet(con, plan.sql, directory / "all")
         headers = {str(p.path): p.header for p in raw.layout.probes} if spec.format == "csv" else {}
     rows, quarantined = con.execute(plan.counts_sql(stored)).fetchall()[0]
     return StoredValidation(
