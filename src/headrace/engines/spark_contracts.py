@@ -44,10 +44,12 @@ from headrace.errors import DataQualityError, HeadraceError, SourceError
 from headrace.quality.contracts import (
     NO_REJECTS,
     CsvDialect,
+    StoredRows,
     copy_parquet,
     csv_headers,
     csv_union,
     file_chunks,
+    header_text,
     open_raw_reader,
     plan_validation,
     probe_layout,
@@ -88,7 +90,7 @@ class _Job:
     directory: Path
     fields: tuple[str, ...] | None = None
     other_keys: bool = False
-    stored: Any = None  # StoredRows, for "rejects"
+    stored: StoredRows | None = None  # for "rejects"
     duplicates: tuple[Path, ...] = ()
     threads: int = 1
 
@@ -325,6 +327,7 @@ def _step(con: Any, job: _Job) -> Any:
                               count_lines=False)
         return store_rows(con, raw, contract, directory=job.directory, other_keys=job.other_keys)
     if job.step == "rejects":
+        assert job.stored is not None, "a rejects step reads what its rows step stored"
         duplicates = None
         if job.duplicates:
             listed = ", ".join(f"'{p}'" for p in job.duplicates)
@@ -338,6 +341,7 @@ def _step(con: Any, job: _Job) -> Any:
 
 def _reference_rejects(con: Any, job: _Job, duplicates: str | None) -> tuple[str, int]:
     """The rejects by one numbered pass (the safety net when the fast re-read does not add up)."""
+    assert job.stored is not None
     with open_raw_reader(con, job.spec, list(job.files), fields=job.stored.fields, contract=job.contract,
                          workdir=job.directory / "reference") as raw:
         plan = plan_validation(job.contract, f"({raw.sql})", raw.fields,
@@ -348,16 +352,11 @@ def _reference_rejects(con: Any, job: _Job, duplicates: str | None) -> tuple[str
 
 
 def file_header(spec: FileSource, path: Path) -> str | None:
-    """A file's first line as the probe reads it (CR and BOM dropped, undecodable bytes
-    replaced), without reading the rest of the file."""
+    """A file's first line as the probe reads it, without reading the rest of the file."""
     head = b""
     for chunk in file_chunks(spec, path):
         head += chunk
         end = head.find(b"\n")
         if end >= 0:
-            head = head[:end]
-            break
-    else:
-        if not head:
-            return None
-    return head.removesuffix(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
+            return header_text(head[:end])
+    return header_text(head or None)

@@ -425,7 +425,6 @@ class SparkTaskSession:
     def read_table(self, key: str, dataset: Any) -> None:
         """Bind an upstream table: its files are read by Spark in one scan; partition values
         (kept in the Delta log, not in the files) are joined in by file name."""
-        self._local.read_table(key, dataset)  # driver-side steps (scd2) see it too
         if isinstance(dataset, pa.Table):
             frame = self.spark.createDataFrame(dataset) if dataset.num_rows else self._empty(dataset.schema)
         else:

@@ -36,10 +36,6 @@ def internal_to_spark_sql(sql: str) -> str:
             zone, value = node.expressions
             if isinstance(zone, exp.Literal) and zone.this.upper() == "UTC":
                 return exp.cast(value, exp.DataType.build("TIMESTAMP_NTZ", dialect="spark"))
-        if isinstance(node, exp.AtTimeZone):
-            zone = node.args.get("zone")
-            if isinstance(zone, exp.Literal) and zone.this.upper() == "UTC":
-                return exp.cast(node.this, exp.DataType.build("TIMESTAMP_NTZ", dialect="spark"))
         return node
 
     return tree.transform(rewrite).sql(dialect="spark")

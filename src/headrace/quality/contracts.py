@@ -164,6 +164,13 @@ def file_chunks(spec: FileSource, path: Path) -> Iterator[bytes]:
         ) from exc
 
 
+def header_text(first_line: bytes | None) -> str | None:
+    """A file's first line as text: CR and BOM dropped, undecodable bytes replaced."""
+    if first_line is None:
+        return None
+    return first_line.removesuffix(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
 def probe_file(spec: FileSource, path: Path, *, count_lines: bool = True) -> FileProbe:
     """Scan one file's bytes at C speed (count, find, incremental UTF-8 decode): no per-line
     Python. Why: deciding the reader per file is what lets the fast path stay exact.
@@ -239,15 +246,12 @@ def probe_file(spec: FileSource, path: Path, *, count_lines: bool = True) -> Fil
         why = "mixed line endings"
     elif has_sentinel:
         why = "holds U+10FFFD"
-    text_header = None
-    if header is not None:
-        text_header = header.removesuffix(b"\r").decode("utf-8", errors="replace").removeprefix("\ufeff")
     return FileProbe(
         path=path,
         lines=lines,
         regular=why is None,
         crlf=crlf > 0 and not lf_only_seen,
-        header=text_header,
+        header=header_text(header),
         why_irregular=why,
         size=size,
     )
