@@ -533,7 +533,8 @@ def test_explain_origins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         *(f"run.{k}" for k in RunConfig.model_fields),
         *(f"write.{k}" for k in WriteConfig.model_fields),
         *(f"duckdb.{k}" for k in DuckDBConfig.model_fields),
-        *(f"spark.{k}" for k in ("master", "remote", "app_name", "start_timeout_seconds", "conf")),
+        *(f"spark.{k}" for k in ("master", "remote", "app_name", "start_timeout_seconds", "optimize_write",
+                                 "local_threshold", "conf")),
     }
     assert set(origins) == expected_keys
 
@@ -742,6 +743,17 @@ def test_spark_section_and_conf_merge_key_by_key(tmp_path: Path) -> None:
     origins = {key: origin for key, _, origin in cluster.explain()}
     assert set(origins["spark.conf"].split(", ")) == {"headrace.toml", "profile cluster"}
     assert origins["spark.master"] == "profile cluster"
+
+
+def test_spark_write_and_local_threshold_settings(tmp_path: Path) -> None:
+    base = load_config(write(tmp_path, 'name = "p"\n'))
+    assert base.spark.optimize_write is True and base.spark.local_threshold == 64 * 1024**2
+    cfg = load_config(write(tmp_path / "b", 'name = "p"\n[spark]\noptimize_write = false\nlocal_threshold = 0\n'))
+    assert cfg.spark.optimize_write is False and cfg.spark.local_threshold == 0
+    assert load_config(tmp_path / "b", overrides={"spark.local_threshold": "1GB"}).spark.local_threshold == 1024**3
+    err = error_for(tmp_path / "c", 'name = "p"\n[spark]\nlocal_threshold = "lots"\n')
+    assert_clean(err)
+    assert "local_threshold" in err.message
 
 
 def test_spark_bad_settings_are_clear(tmp_path: Path) -> None:

@@ -136,7 +136,9 @@ def _fixture(root: Path) -> None:
 @pytest.mark.slow
 def test_groups_of_files_quarantine_what_one_pass_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from headrace.engines import spark_contracts
-    from test_spark_engine import _both, _digest
+    from test_spark_engine import SPARK, _both, _digest
+
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
 
     calls: list[Any] = []
     real = spark_contracts.validate_on_spark
@@ -177,8 +179,10 @@ def test_groups_of_files_quarantine_what_one_pass_would(tmp_path: Path, monkeypa
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_unreadable_file_in_a_task_is_a_clear_source_error(make_project: Any) -> None:
-    from test_spark_engine import _run
+def test_unreadable_file_in_a_task_is_a_clear_source_error(make_project: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_spark_engine import SPARK, _run
+
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
 
     root = make_project({
         "data/a.csv": "id\n1\n",
@@ -191,3 +195,137 @@ def test_unreadable_file_in_a_task_is_a_clear_source_error(make_project: Any) ->
     assert task.status == "failed"
     assert "a.csv" in task.error and "cannot read" in task.error
     assert "Traceback" not in task.error and "py4j" not in task.error.lower()
+
+
+DERIVED = '''
+import headrace as hr
+
+@hr.table("bronze.a", source=hr.files("data/a/*.csv", format="csv"), write="overwrite")
+def a(raw):
+    return raw
+
+
+@hr.table("bronze.b", source=hr.files("data/b/*.csv", format="csv"), write="overwrite")
+def b(raw):
+    return raw
+
+
+@hr.table("silver.items", inputs={"a": "bronze.a", "b": "bronze.b"}, write="overwrite",
+          contract=hr.Contract({"id": hr.Int64(key=True), "qty": hr.Int32(min=0),
+                                "label": hr.String(max_length=5)},
+                               on_violation="quarantine", max_quarantine_ratio=0.5))
+def items(a, b):
+    return "SELECT id, qty, label FROM a UNION ALL SELECT id, qty, label FROM b"
+'''
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_derived_table_contract_is_validated_in_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contract on a table fed by other tables: Spark tasks validate groups of the result's
+    files; a key held in two groups, a broken rule and a too-long text are quarantined as on
+    DuckDB (a derived row's line is its ordinal in the result, which no engine orders: its
+    values may differ, each row still gets its own)."""
+    import test_spark_engine
+    from headrace.engines import spark_contracts
+    from test_spark_engine import SPARK, _both, _digest
+
+    calls: list[Any] = []
+    real = spark_contracts.validate_result_on_spark
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        done = real(*args, **kw)
+        calls.append((list(args[2]), kw["parallelism"], done))
+        return done
+
+    monkeypatch.setattr(spark_contracts, "validate_result_on_spark", spy)
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
+    monkeypatch.setattr(test_spark_engine, "RUN_DEPENDENT", test_spark_engine.RUN_DEPENDENT | {"source_line"})
+    root = tmp_path / "derived"
+    a = "id,qty,label\n" + "\n".join(f"{i},{-1 if i == 7 else i},a{i}" for i in range(1, 31)) + "\n"
+    b = "id,qty,label\n" + "\n".join(f"{i},{i},{'toolong' if i == 40 else f'b{i}'}" for i in [*range(31, 61), 5]) + "\n"
+    write_files(root, {"headrace.toml": 'name = "derived"\n', "pipelines/p.py": DERIVED,
+                       "data/a/a.csv": a, "data/b/b.csv": b})
+    _both(root)
+    assert len(calls) == 1
+    files, parallelism, done = calls[0]
+    assert len(file_groups(files, parallelism)) == 2  # the result's files, validated by two tasks
+    assert (done.rows, done.quarantined) == (61, 4)
+    lake = root / "lake-spark"
+    assert _digest(lake, "silver.items")[1] == 57
+    quarantine = _digest(lake, "silver.items__quarantine")
+    assert quarantine[1] == 4 and quarantine[3]["source_line"] == 4
+    import duckdb
+
+    from headrace.delta.catalog import Lake
+
+    con = duckdb.connect()
+    con.register("q", Lake(lake).snapshot("silver.items__quarantine").dataset())
+    reasons = con.sql("SELECT json_extract_string(raw_record, '$.id')::INT, list_sort(list_transform(errors, "
+                      "lambda v: v.rule)) FROM q ORDER BY ALL").fetchall()
+    assert reasons == [(5, ["key"]), (5, ["key"]), (7, ["min"]), (40, ["max_length"])]
+
+
+PARQUET = '''
+import headrace as hr
+
+@hr.table("bronze.sales", source=hr.files("data/sales/*.parquet", format="parquet"), write="append",
+          contract=hr.Contract({"id": hr.Int64(key=True), "amount": hr.Decimal(10, 2, min=0),
+                                "label": hr.String(max_length=6)},
+                               on_violation="quarantine", max_quarantine_ratio=0.5))
+def sales(raw):
+    return raw
+'''
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_parquet_source_contract_is_validated_in_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parquet files with different columns and types (read as one batch would: the union of
+    columns, each in its type over the batch), a key in two groups, a negative amount and a
+    too-long label: tables and quarantine (file and row number included) equal DuckDB's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from headrace.engines import spark_contracts
+    from test_spark_engine import SPARK, _both, _digest
+
+    calls: list[Any] = []
+    real = spark_contracts.validate_parquet_source_on_spark
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        done = real(*args, **kw)
+        calls.append((list(args[3]), kw["parallelism"], done))
+        return done
+
+    monkeypatch.setattr(spark_contracts, "validate_parquet_source_on_spark", spy)
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
+    root = tmp_path / "parquet"
+    write_files(root, {"headrace.toml": 'name = "pq"\n', "pipelines/p.py": PARQUET})
+    folder = root / "data" / "sales"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"id": pa.array(range(1, 21), pa.int64()),
+                             "amount": [-1.0 if i == 3 else i * 1.5 for i in range(1, 21)],
+                             "label": [f"a{i}" for i in range(1, 21)]}), folder / "p1.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(21, 41), pa.int32()),
+                             "amount": [float(i) for i in range(21, 41)]}), folder / "p2.parquet")
+    pq.write_table(pa.table({"id": pa.array([*range(41, 51), 5], pa.int64()),
+                             "amount": pa.array([float(i) for i in [*range(41, 51), 5]], pa.float32()),
+                             "label": ["toolong!" if i == 45 else f"c{i}" for i in [*range(41, 51), 5]]}),
+                     folder / "p3.parquet")
+    _both(root)  # same tables and quarantine (file, line, raw record, reasons), one commit each
+    assert len(calls) == 1
+    files, parallelism, done = calls[0]
+    assert len(file_groups(sorted(files), parallelism)) == 2
+    assert (done.rows, done.quarantined) == (51, 4)
+    lake = root / "lake-spark"
+    assert _digest(lake, "bronze.sales")[1] == 47
+    import duckdb
+
+    from headrace.delta.catalog import Lake
+
+    con = duckdb.connect()
+    con.register("q", Lake(lake).snapshot("bronze.sales__quarantine").dataset())
+    rows = con.sql("SELECT regexp_extract(source_file, 'p[0-9]'), source_line, "
+                   "list_sort(list_transform(errors, lambda v: v.rule)) FROM q ORDER BY ALL").fetchall()
+    assert rows == [("p1", 3, ["min"]), ("p1", 5, ["key"]), ("p3", 5, ["max_length"]), ("p3", 11, ["key"])]

@@ -213,7 +213,8 @@ def _fixture_day(root: Path, day: int) -> None:
         (root / "data/people/people1.csv").unlink()
 
 
-def test_every_write_mode_contract_rule_and_check_kind_match(tmp_path: Path) -> None:
+def test_every_write_mode_contract_rule_and_check_kind_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)  # contracts and SCD2 on Spark, however small
     root = tmp_path / "modes"
     write_files(root, {"headrace.toml": FIXTURE_TOML, "pipelines/modes.py": FIXTURE})
     for day in (1, 2):
@@ -402,11 +403,17 @@ def accounts(raw):
 '''
 
 
-def test_merge_is_a_copy_on_write_rewrite_on_spark(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threshold", [0, None], ids=["on-spark", "small-on-driver"])
+def test_merge_is_a_copy_on_write_rewrite_on_spark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   threshold: int | None) -> None:
     """Updates (one moving to another partition), inserts, deletes and a NULL delete flag
     (an upsert) give the DuckDB engine's table; only the files holding merged keys are
-    replaced, in one commit."""
+    replaced, in one commit. Under ``[spark] local_threshold`` (default 64 MB) the driver
+    merges as the DuckDB engine does (deltalake's MERGE), with the same table."""
     from headrace.delta.catalog import Lake
+
+    if threshold is not None:
+        monkeypatch.setitem(SPARK, "spark.local_threshold", threshold)
 
     root = tmp_path / "merge"
     first = "id,name,region,op\n" + "\n".join(f"{i},n{i},{'eu' if i % 2 else 'us'},U" for i in range(1, 41)) + "\n"
@@ -417,7 +424,8 @@ def test_merge_is_a_copy_on_write_rewrite_on_spark(tmp_path: Path) -> None:
     _both(root)
     lake = Lake(root / "lake-spark")
     history = lake.history("bronze.accounts")
-    assert history[0].operation != "MERGE"  # the engine's rewrite, not deltalake's merge
+    # the engine's rewrite, or on the driver deltalake's merge
+    assert (history[0].operation == "MERGE") == (threshold is None)
     con = duckdb.connect()
     con.register("t", lake.snapshot("bronze.accounts").dataset())
     rows = dict(con.sql("SELECT id, name || '/' || region FROM t").fetchall())
@@ -465,6 +473,7 @@ def test_spark_connect_remote_makes_the_same_tables(tmp_path: Path, connect_serv
     """``[spark] remote = "sc://..."``: the every-mode fixture through a Spark Connect server."""
     pytest.importorskip("grpc", reason="Spark Connect needs pyspark[connect]")
     monkeypatch.setitem(SPARK, "spark.remote", connect_server)
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
     root = tmp_path / "modes"
     write_files(root, {"headrace.toml": FIXTURE_TOML, "pipelines/modes.py": FIXTURE})
     try:

@@ -72,6 +72,7 @@ def _run_on(root: Path, engine: str, lake: str) -> Any:
     overrides: dict[str, Any] = {"engine": engine, "lake": lake, "state": f"sqlite:///.headrace/{lake}.db"}
     if engine == "spark":
         overrides["spark.master"] = "local[2]"
+        overrides["spark.local_threshold"] = 0  # on Spark, however small
     ws = open_ws(root, overrides=overrides)
     try:
         result = ws.run([])

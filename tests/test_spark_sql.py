@@ -97,3 +97,17 @@ def test_spark_errors_are_shown_by_their_cause() -> None:
                     "Traceback (most recent call last):\n  File \"p.py\", line 9, in boom\n"
                     "RuntimeError: executor lost\n\tat org.apache.spark.api.python.X.y(X.scala:1)")
     assert _first_line(udf) == "RuntimeError: executor lost"
+
+
+def test_small_work_goes_to_the_drivers_duckdb() -> None:
+    """``[spark] local_threshold``: below it a contract, merge or SCD2 publish runs on the
+    driver's DuckDB session (its jobs cost milliseconds, Spark's seconds); at it, on Spark."""
+    from headrace.engines.duckdb_engine import DuckDBEngine
+    from headrace.engines.spark_engine import SparkTaskSession
+
+    local = DuckDBEngine().session()
+    session = SparkTaskSession(None, local, local_threshold=1000)
+    assert session.for_input(999) is local
+    assert session.for_input(1000) is session
+    assert SparkTaskSession(None, local, local_threshold=0).for_input(0) is not local
+    assert local.for_input(10**12) is local

@@ -160,10 +160,13 @@ class _Scd2Publish:
             self._drop()
 
     def _run(self) -> PublishResult:
+        files = self._live_files()
+        # one engine for the whole publish: its temp tables live in that session
+        self.session = self.req.session.for_input(sum(f.size for f in self.req.staged.files)
+                                                  + sum(f.size for f in files))
         self.session.bind_staged(self.req.staged, self.t["stg"])
         self._columns()
         self._incoming()
-        files = self._live_files()
         self.rehash = self.table is not None and bool(files) and self._stored_signature() != self.signature
         self.ex = self._scan(files, self.t["ex"])
         self._run_sql(f"CREATE TEMP TABLE {self.t['upd']} (__hr_f VARCHAR, __hr_r BIGINT, __hr_vt TIMESTAMP, __hr_gone BOOLEAN)")

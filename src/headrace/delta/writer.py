@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction, WriterProperties
 from deltalake.exceptions import (
     CommitFailedError,
@@ -165,7 +166,9 @@ def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
     if table is None:
         return _first_merge(lake, req, mode)
     evolve = _check_schema(req, table, mode="merge")
-    rewrite = getattr(req.session, "merge_rewrite", None)
+    # a distributed engine rewrites files itself, unless the work is small enough for its driver
+    session = req.session.for_input(sum(f.size for f in req.staged.files) + _table_bytes(table))
+    rewrite = getattr(session, "merge_rewrite", None)
     if rewrite is not None and not evolve:
         return _merge_by_rewrite(lake, req, mode, table, rewrite)
     on = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in mode.keys)
@@ -189,6 +192,11 @@ def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
     metrics = merger.execute()
     written = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
     return PublishResult(_version(lake, req), "merge", written)
+
+
+def _table_bytes(table: DeltaTable) -> int:
+    sizes = pa.table(table.get_add_actions(flatten=False)).column("size_bytes")
+    return int(pc.sum(sizes).as_py() or 0)
 
 
 def _merge_by_rewrite(lake: Lake, req: PublishRequest, mode: Merge, table: DeltaTable,

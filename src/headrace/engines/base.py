@@ -127,6 +127,10 @@ class EngineSession(Protocol):
         """Stream the staged rows, partition columns included (``where`` over alias ``s``)."""
 
     # ---- for write modes that compute their changes in the engine (scd2) ----------------
+    def for_input(self, nbytes: int) -> EngineSession:
+        """The session to run work over ``nbytes`` of input on: a distributed engine hands
+        small work to its driver's embedded engine rather than pay for jobs and shuffles."""
+
     def bind_staged(self, staged: StagedResult, name: str) -> None:
         """Expose the staged rows (partition columns included) as the relation ``name``."""
 

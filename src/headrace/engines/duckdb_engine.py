@@ -210,21 +210,13 @@ class DuckDBSession:
         """Validate a transform's result against the table's contract (tables that read other
         tables): each row as text, so the same rules and quarantine apply as for a source.
         Returns the good rows (typed), the row count and the count of rows breaking a rule."""
-        from headrace.quality.contracts import plan_validation
+        from headrace.quality.contracts import plan_validation, result_raw_sql
 
         hidden = f"__hr_out_{self._uid}"
         result.create_view(hidden, replace=True)
         fields = list(result.columns)
-        texts = []
-        for name, kind in zip(fields, result.types, strict=True):
-            nested = any(mark in str(kind) for mark in ("[]", "STRUCT(", "MAP("))
-            expr = f"to_json({quote_ident(name)})" if nested else quote_ident(name)
-            texts.append(f"CAST({expr} AS VARCHAR) AS {quote_ident(name)}")
-        raw = (
-            f"SELECT {sql_string(spec.name)} AS __hr_file, CAST(row_number() OVER () AS BIGINT) AS __hr_line, "
-            f"CAST(to_json(t) AS VARCHAR) AS __hr_raw, CAST(NULL AS VARCHAR) AS __hr_error, {', '.join(texts)} "
-            f"FROM {quote_ident(hidden)} AS t"
-        )
+        raw = result_raw_sql(quote_ident(hidden), fields, [str(t) for t in result.types], origin=spec.name,
+                             line="row_number() OVER ()")
         plan = plan_validation(contract, f"({raw})", fields)
         validated = workdir / "validated-result"
         try:
@@ -472,6 +464,9 @@ class DuckDBSession:
         return self.con.sql(sql).arrow()
 
     # ---- engine-side write modes (scd2) -----------------------------------------------
+    def for_input(self, nbytes: int) -> DuckDBSession:
+        return self
+
     def bind_staged(self, staged: StagedResult, name: str) -> None:
         """A temp view ``name`` over the staged files, typed like :meth:`staged_rows` sees them."""
         view = self._staged_view(staged)

@@ -23,7 +23,9 @@ between the steps, not inside a group:
    their line numbers, validated by the very SQL of ``plan_validation``.
 
 Spark then reads the good rows from the stored Parquet (an anti-join on the duplicated keys).
-Parquet sources keep the driver's path (their rows carry no line text to lose).
+Parquet files (a Parquet source, or a derived table's result written by Spark) take a shorter
+way with the same SQL: key counts per group summed by Spark, then each group's rows checked
+and stored with a good/bad flag (see "a derived table's result" below).
 
 The unit of parallelism is a file: a single huge file is validated by one task. The work
 folder must be visible to every executor (it is under the project, like the lake).
@@ -56,6 +58,7 @@ from headrace.quality.contracts import (
     store_rejects,
     store_rows,
 )
+from headrace.sources.files import quote_ident, sql_string
 from headrace.spec.contracts import Contract
 from headrace.spec.sources import FileSource
 
@@ -237,17 +240,20 @@ def _discover_keys(found: list[set[str]], contract: Contract) -> tuple[str, ...]
     return tuple([k for k in wanted if k in keys] + [k for k in keys if k not in wanted])
 
 
-def _duplicate_keys(frame: Any, keys: Sequence[str], positions: Sequence[int], target: Path) -> tuple[Path, ...]:
+def _duplicate_keys(frame: Any, keys: Sequence[str], positions: Sequence[int], target: Path, *,
+                    counted: bool = False) -> tuple[Path, ...]:
     """The keys held by more than one stored row of the batch (``__hr_k{i}``, ``i`` the key's
     contract position, and ``__hr_dups``), counted by Spark over the stored key columns of
-    every group (``frame``), as Parquet files the rejects step reads (none: no duplicates)."""
+    every group (``frame``; ``counted``: each group's counts in its ``__hr_dups``, summed), as
+    Parquet files the rejects step reads (none: no duplicates)."""
     from pyspark.sql import functions as F
 
     from headrace.engines.spark_engine import quote_spark
 
     known = frame.where(" AND ".join(f"{quote_spark(k)} IS NOT NULL" for k in keys))
-    counted = known.groupBy(*[F.col(quote_spark(k)) for k in keys]).agg(F.count(F.lit(1)).alias("__hr_dups"))
-    dups = counted.where("__hr_dups > 1").select(
+    total = F.sum("__hr_dups").cast("bigint") if counted else F.count(F.lit(1))
+    per_key = known.groupBy(*[F.col(quote_spark(k)) for k in keys]).agg(total.alias("__hr_dups"))
+    dups = per_key.where("__hr_dups > 1").select(
         *[F.col(quote_spark(k)).alias(f"__hr_k{i}") for i, k in zip(positions, keys, strict=True)],
         "__hr_dups")
     shutil.rmtree(target, ignore_errors=True)
@@ -258,27 +264,29 @@ def _duplicate_keys(frame: Any, keys: Sequence[str], positions: Sequence[int], t
     return files if sum(pq.ParquetFile(p).metadata.num_rows for p in files) else ()
 
 
-def _run(spark: Any, jobs: list[_Job], *, spec: FileSource, source_name: str) -> list[Any]:
+def _run(spark: Any, jobs: Sequence[_Job | _ResultJob], *, spec: FileSource | None = None, source_name: str) -> list[Any]:
     """Run ``jobs`` as the tasks of one Spark job (one task each) and return their results in
-    order; a headrace error in a task is raised here with its own message and hint."""
+    order; a headrace error in a task is raised here with its own message and hint.
+    ``source_name`` names what is validated: a source, or (``spec`` None) a table's result."""
     if not jobs:
         return []
     blobs = [pickle.dumps(j) for j in jobs]
     frame = spark.range(0, len(jobs), 1, len(jobs)).mapInArrow(_task(blobs), "id long, out binary")
+    where = f"source {source_name!r}" if spec is not None else f"table {source_name!r}"
+    what = spec.describe() if spec is not None else "its result"
     try:
         rows = frame.collect()
     except Exception as exc:  # a task died outside headrace's own errors (I/O, memory, ...)
         from headrace.engines.spark_engine import _first_line
 
-        raise SourceError(f"source {source_name!r}: cannot validate {spec.describe()}: {_first_line(exc)}",
+        raise SourceError(f"{where}: cannot validate {what}: {_first_line(exc)}",
                           hint="check that every executor can read the files and the project folder") from exc
     results = {int(row["id"]): pickle.loads(bytes(row["out"])) for row in rows}
     outcomes = [results[i] for i in range(len(jobs))]
     for outcome in outcomes:
         if isinstance(outcome, _Failure):
             if outcome.kind == "read":
-                raise SourceError(f"source {source_name!r}: cannot read {spec.describe()}: {outcome.message}",
-                                  hint=outcome.hint)
+                raise SourceError(f"{where}: cannot read {what}: {outcome.message}", hint=outcome.hint)
             error = DataQualityError if outcome.kind == "DataQualityError" else SourceError
             raise error(outcome.message, hint=outcome.hint)
     return outcomes
@@ -295,20 +303,20 @@ def _task(blobs: list[bytes]) -> Callable[[Iterator[pa.RecordBatch]], Iterator[p
     return run
 
 
-def run_job(job: _Job) -> Any:
+def run_job(job: _Job | _ResultJob) -> Any:
     """One group's step, in a Spark task (or anywhere: it needs only the files)."""
     import duckdb
 
     from headrace.errors import engine_message
 
     try:
-        if job.step == "headers":
+        if isinstance(job, _Job) and job.step == "headers":
             return [file_header(job.spec, p) for p in job.files]
         job.directory.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(":memory:", config={"threads": max(1, job.threads),
                                                  "temp_directory": str(job.directory / "spill")})
         try:
-            return _step(con, job)
+            return _step(con, job) if isinstance(job, _Job) else _result_step(con, job)
         finally:
             con.close()
     except HeadraceError as exc:
@@ -349,6 +357,199 @@ def _reference_rejects(con: Any, job: _Job, duplicates: str | None) -> tuple[str
         stored = copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), job.directory / "rejects")
     count = con.execute(f"SELECT count(*) FROM {stored}").fetchall()[0][0]
     return f"SELECT * FROM {stored}", int(count)
+
+
+# ---- a derived table's result --------------------------------------------------------------
+# A contract on a table fed by other tables checks the transform's result. Spark writes the
+# result as Parquet (its executors, in parallel); groups of those files are then validated by
+# the same SQL the DuckDB engine runs (``result_raw_sql`` + ``plan_validation``), in tasks:
+# (1) each group counts its keys, Spark sums the counts into the duplicated keys; (2) each
+# group writes its rows with a good/bad flag and, apart, its rejects. A row's line is its
+# ordinal in the result, in file order (files numbered from their row counts).
+
+@dataclass(frozen=True)
+class ResultValidation:
+    """A validated result: Parquet files of the checked rows (data columns and ``__hr_good``)
+    Spark reads, the rejects as a DuckDB query for the driver (rejects are few)."""
+
+    rows: int
+    quarantined: int
+    columns: tuple[str, ...]
+    fields: tuple[str, ...]
+    checked: tuple[Path, ...]
+    rejects_sql: str
+
+
+@dataclass(frozen=True)
+class _ResultJob:
+    """One group of Parquet files in one step ("keys" | "rows"); pickled into the task.
+    ``parquet_types``: the files are a Parquet source's, with these columns over the batch."""
+
+    step: str
+    files: tuple[Path, ...]
+    first_line: int
+    origin: str
+    contract: Contract
+    directory: Path
+    duplicates: tuple[Path, ...] = ()
+    threads: int = 1
+    parquet_types: tuple[tuple[str, str], ...] | None = None
+
+
+def validate_result_on_spark(
+    spark: Any,
+    read_parquet: Callable[[Sequence[Path], pa.Schema], Any],
+    files: Sequence[Path],
+    contract: Contract,
+    *,
+    table: str,
+    workdir: Path,
+    parallelism: int,
+    task_cores: int = 1,
+) -> ResultValidation:
+    """Validate a result Spark wrote as Parquet ``files`` (see above) in Spark tasks."""
+    return _validate_parquet(spark, read_parquet, files, contract, origin=table, spec=None, workdir=workdir,
+                             parallelism=parallelism, task_cores=task_cores)
+
+
+def validate_parquet_source_on_spark(
+    spark: Any,
+    read_parquet: Callable[[Sequence[Path], pa.Schema], Any],
+    spec: FileSource,
+    files: Sequence[Path],
+    contract: Contract,
+    *,
+    types: Sequence[tuple[str, str]],
+    source_name: str,
+    workdir: Path,
+    parallelism: int,
+    task_cores: int = 1,
+) -> ResultValidation:
+    """Validate a Parquet source's ``files`` in Spark tasks as a result's are, each row named
+    by its file and its row number in it; ``types`` are the batch's columns (DuckDB's
+    ``union_by_name`` over every file, read on the driver from the footers)."""
+    return _validate_parquet(spark, read_parquet, files, contract, origin=source_name, spec=spec,
+                             workdir=workdir, parallelism=parallelism, task_cores=task_cores,
+                             parquet_types=tuple(types))
+
+
+def _validate_parquet(
+    spark: Any,
+    read_parquet: Callable[[Sequence[Path], pa.Schema], Any],
+    files: Sequence[Path],
+    contract: Contract,
+    *,
+    origin: str,
+    spec: FileSource | None,
+    workdir: Path,
+    parallelism: int,
+    task_cores: int,
+    parquet_types: tuple[tuple[str, str], ...] | None = None,
+) -> ResultValidation:
+    import pyarrow.parquet as pq
+
+    files = [Path(p) for p in files]
+    groups = file_groups(files, parallelism) or [()]
+    counts = {p: pq.ParquetFile(p).metadata.num_rows for p in files}
+    firsts, line = [], 1
+    for group in groups:
+        firsts.append(line)
+        line += sum(counts[p] for p in group)
+    folders = [workdir / f"result-{i}" for i in range(len(groups))]
+
+    def jobs(step: str, **kw: Any) -> list[_ResultJob]:
+        return [_ResultJob(step=step, files=g, first_line=f, origin=origin, contract=contract, directory=d,
+                           threads=task_cores, parquet_types=parquet_types, **kw)
+                for g, f, d in zip(groups, firsts, folders, strict=True)]
+
+    duplicates: tuple[Path, ...] = ()
+    keys = [i for i, kind in enumerate(contract.columns.values()) if kind.key]
+    if keys and files:
+        _run(spark, jobs("keys"), spec=spec, source_name=origin)
+        counted = [p for d in folders for p in sorted((d / "keys").glob("*.parquet"))]
+        names = [f"__hr_k{i}" for i in keys]
+        schema = pq.read_schema(counted[0])
+        frame = read_parquet(counted, pa.schema([schema.field(n) for n in [*names, "__hr_dups"]]))
+        duplicates = _duplicate_keys(frame, names, keys, workdir / "result-dups", counted=True)
+    done = _run(spark, jobs("rows", duplicates=duplicates), spec=spec, source_name=origin)
+    queries = [sql for _, bad, _, sql in done if bad]
+    checked = tuple(p for d in folders for p in sorted((d / "checked").glob("*.parquet")))
+    return ResultValidation(
+        rows=sum(n for n, _, _, _ in done),
+        quarantined=sum(bad for _, bad, _, _ in done),
+        columns=contract_columns(contract, done[0][2]),
+        fields=done[0][2],
+        checked=checked,
+        rejects_sql="\nUNION ALL\n".join(queries) if queries else NO_REJECTS,
+    )
+
+
+def contract_columns(contract: Contract, fields: Sequence[str]) -> tuple[str, ...]:
+    """A good row's columns: the contract's, then (``evolve``) the result's others."""
+    return plan_validation(contract, "__hr_none", fields).columns
+
+
+def _result_step(con: Any, job: _ResultJob) -> Any:
+    """``keys``: the group's key counts; ``rows``: its rows checked (``__hr_good``) and its
+    rejects, each as Parquet; returns ``(rows, rejects, fields, rejects query)``."""
+    import pyarrow.parquet as pq
+
+    from headrace.quality.contracts import parquet_raw_sql, result_raw_sql
+
+    if job.parquet_types is not None:  # a Parquet source: a row's file and its row number in it
+        fields = [n for n, _ in job.parquet_types]
+        present = {f.name for p in job.files for f in pq.read_schema(p)}
+        raw = f"({parquet_raw_sql(job.files, job.parquet_types, present=present)})"
+    else:  # a result: the table's name and the row's ordinal in the result
+        schema = pq.read_schema(job.files[0])
+        types = [str(t) for t in con.from_arrow(schema.empty_table()).types]  # the stream is read once
+        con.register("__hr_result", _numbered(job.files, job.first_line, schema))
+        fields = schema.names
+        raw = f"({result_raw_sql('__hr_result', fields, types, origin=job.origin, line='__hr_line')})"
+    if job.step == "keys":
+        plan = plan_validation(job.contract, raw, fields, duplicates="__hr_none")
+        copy_parquet(con, plan.duplicates_sql(min_count=1), job.directory / "keys")
+        return None
+    keys = [i for i, kind in enumerate(job.contract.columns.values()) if kind.key]
+    duplicates = None
+    if keys:
+        if job.duplicates:
+            listed = ", ".join(sql_string(str(p)) for p in job.duplicates)
+            con.execute(f"CREATE TEMP TABLE hr_dups AS SELECT * FROM read_parquet([{listed}])")
+        else:  # no key is held twice in the whole result
+            kinds = list(job.contract.columns.values())
+            cols = ", ".join(f"CAST(NULL AS {kinds[i].duckdb_type()}) AS __hr_k{i}" for i in keys)
+            con.execute(f"CREATE TEMP TABLE hr_dups AS SELECT {cols}, 0::BIGINT AS __hr_dups WHERE false")
+        duplicates = "hr_dups"
+    plan = plan_validation(job.contract, raw, fields, duplicates=duplicates)
+    cols = ", ".join(quote_ident(c) for c in plan.columns)
+    con.execute(f"CREATE TEMP TABLE hr_checked AS {plan.sql}")
+    copy_parquet(con, f"SELECT {cols}, len(__hr_violations) = 0 AS __hr_good FROM hr_checked", job.directory / "checked")
+    rows, bad = con.execute(plan.counts_sql("hr_checked")).fetchall()[0]
+    rejects = ""
+    if bad:
+        stored = copy_parquet(con, plan.quarantine_sql("hr_checked"), job.directory / "rejects")
+        rejects = f"SELECT * FROM {stored}"
+    return int(rows), int(bad), tuple(fields), rejects
+
+
+def _numbered(files: Sequence[Path], first_line: int, schema: pa.Schema) -> pa.RecordBatchReader:
+    """The files' rows in order, each with ``__hr_line`` (its ordinal in the result), streamed
+    (numpy comes with pyspark's Arrow support, which these tasks run under)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    out = schema.append(pa.field("__hr_line", pa.int64()))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        line = first_line
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=64 * 1024):
+                numbers = pa.array(np.arange(line, line + batch.num_rows, dtype=np.int64))
+                line += batch.num_rows
+                yield pa.RecordBatch.from_arrays([*batch.columns, numbers], schema=out)
+
+    return pa.RecordBatchReader.from_batches(out, batches())
 
 
 def file_header(spec: FileSource, path: Path) -> str | None:

@@ -3,8 +3,8 @@
 What runs where:
 
 * Spark (executors, in parallel): reading file sources (CSV, JSON, Parquet) and upstream
-  Delta tables, contract validation of CSV/NDJSON sources (each task runs the validator over
-  its group of files: :mod:`headrace.engines.spark_contracts`), the transforms (SQL models
+  Delta tables, contract validation of sources and of derived tables' results (each task runs
+  the validator over its group of files: :mod:`headrace.engines.spark_contracts`), the transforms (SQL models
   transpiled from DuckDB's dialect, Python functions receiving DataFrames), writing the
   result's Parquet files into the table's folder, and the checks (the check compiler's one
   audit query, transpiled). Merge is a copy-on-write rewrite on the executors
@@ -13,10 +13,12 @@ What runs where:
   DuckDB in the tasks so both engines store the same ones.
 * The driver: the Delta commit (the files' footers become add actions; one commit per table
   per run through deltalake, exactly as on DuckDB), writing the quarantine's rows, and,
-  through an embedded DuckDB over files, the steps that are not distributed yet: contracts on
-  Parquet sources and on derived tables, and commits that add columns (schema ``evolve``),
-  which go through deltalake's writer. They stream, so memory stays bounded, but they run on
-  one machine.
+  through an embedded DuckDB over files, commits that add columns (schema ``evolve``), which
+  go through deltalake's writer (streamed, bounded memory, one machine).
+* Small work, on the driver's DuckDB by choice: a contract, merge or SCD2 publish over less
+  than ``[spark] local_threshold`` bytes of input (:meth:`SparkTaskSession.for_input`). Both
+  engines run the same SQL, so the result does not depend on where it ran; only the time does
+  (a Spark job costs seconds of scheduling and Python-worker start-up).
 
 pyspark is imported only when this module is, i.e. only when ``engine = "spark"``.
 """
@@ -106,6 +108,8 @@ class SparkEngine:
         app_name: str = "headrace",
         conf: Mapping[str, str] | None = None,
         start_timeout: float = 120.0,
+        optimize_write: bool = True,
+        local_threshold: int = 64 * 1024**2,
         memory_limit: str | None = None,
         threads: int | None = None,
         temp_directory: Path | str | None = None,
@@ -116,6 +120,8 @@ class SparkEngine:
         self.app_name = app_name
         self.conf = dict(conf or {})
         self.start_timeout = start_timeout
+        self.optimize_write = optimize_write
+        self.local_threshold = local_threshold
         self._local_settings = {"memory_limit": memory_limit, "threads": threads, "temp_directory": temp_directory}
         self._local: Any = None
         self._lock = threading.Lock()
@@ -193,7 +199,8 @@ class SparkEngine:
             task_session = spark.newSession()  # its own temp views; settings from the application
         else:  # a Connect session of its own per task, with the SQL settings each session needs
             task_session = _connect_session(self.remote, self._sql_settings())
-        return SparkTaskSession(task_session, self.local().session())
+        return SparkTaskSession(task_session, self.local().session(), optimize_write=self.optimize_write,
+                                local_threshold=self.local_threshold)
 
     def _sql_settings(self) -> dict[str, str]:
         settings = {**_DEFAULT_CONF, **self.conf}
@@ -252,9 +259,12 @@ _PY_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: 
 class SparkTaskSession:
     """One task's Spark session (its own temp views) plus the driver's DuckDB helper."""
 
-    def __init__(self, spark: Any, local: Any) -> None:
+    def __init__(self, spark: Any, local: Any, *, optimize_write: bool = True,
+                 local_threshold: int = 64 * 1024**2) -> None:
         self.spark = spark
         self._local = local
+        self.optimize_write = optimize_write
+        self.local_threshold = local_threshold
         self._uid = uuid.uuid4().hex[:12]
         self._observed: list[tuple[Any, Any]] = []  # (observation, the unobserved source)
         self._sources: dict[str, str] = {}
@@ -338,12 +348,18 @@ class SparkTaskSession:
         """CSV and NDJSON sources are validated in Spark tasks, each running the engine's own
         validator over a group of files (:mod:`headrace.engines.spark_contracts`); Spark reads
         the good rows they stored, the driver only the rejects. Parquet sources are validated
-        by the driver's DuckDB (no line text to keep), and Spark reads the good rows."""
-        if not isinstance(spec, FileSource) or spec.format == "parquet" or not batch.files:
+        in tasks as a derived table's result is (:meth:`validate_result`). Batches under
+        ``[spark] local_threshold`` are validated by the driver's DuckDB (a Spark job and its
+        Python workers cost seconds), and Spark reads the good rows."""
+        if (not isinstance(spec, FileSource) or not batch.files
+                or sum(e.size for e in batch.files) < self.local_threshold):
             rows, bad = self._local.read_validated_source(key, spec, batch, contract, source_name=source_name,
                                                            workdir=workdir)
             self._bind_from_local(key, f"SELECT * FROM {quote_ident(key)}", workdir / f"good-{key}")
             return rows, bad
+        if spec.format == "parquet":
+            return self._validate_parquet_source(key, spec, [e.path for e in batch.files], contract,
+                                                 source_name=source_name, workdir=workdir)
         from headrace.engines.spark_contracts import validate_on_spark
         from headrace.quality.contracts import StoredValidation
 
@@ -402,7 +418,9 @@ class SparkTaskSession:
         self._parquet_frame(sorted(directory.glob("*.parquet")), schema).createOrReplaceTempView(key)
 
     def validate_result(self, spec: TableSpec, result: Any, contract: Any, *, workdir: Path) -> tuple[Any, int, int]:
-        """A contract on a derived table: Spark writes the result, the driver validates it."""
+        """A contract on a derived table: Spark writes the result, Spark tasks validate it
+        (:func:`headrace.engines.spark_contracts.validate_result_on_spark`), the driver reads
+        the rejects; a result under ``[spark] local_threshold`` is validated by the driver."""
         from headrace.sources.files import sql_string
 
         raw = workdir / "result-raw"
@@ -411,6 +429,9 @@ class SparkTaskSession:
         except Exception as exc:
             raise self._classify(exc, spec) from exc
         remove_side_files(raw)
+        files = sorted(raw.glob("*.parquet"))
+        if files and sum(p.stat().st_size for p in files) >= self.local_threshold and _parquet_rows(files):
+            return self._validate_result_in_tasks(spec, files, contract, workdir=workdir)
         relation = self._local.con.sql(f"SELECT * FROM read_parquet({sql_string(str(raw / '*.parquet'))})")
         good, rows, bad = self._local.validate_result(spec, relation, contract, workdir=workdir)
         view = f"__hr_good_{self._uid}"
@@ -418,6 +439,49 @@ class SparkTaskSession:
         name = f"__hr_result_{self._uid}"
         self._bind_from_local(name, f"SELECT * FROM {quote_ident(view)}", workdir / "result-good")
         return self.spark.table(name), rows, bad
+
+    def _validate_result_in_tasks(self, spec: TableSpec, files: Sequence[Path], contract: Any, *,
+                                  workdir: Path) -> tuple[Any, int, int]:
+        from headrace.engines.spark_contracts import validate_result_on_spark
+
+        done = validate_result_on_spark(self.spark, self._parquet_frame, files, contract, table=spec.name,
+                                        workdir=workdir, parallelism=self._parallelism(),
+                                        task_cores=self._task_cores())
+        return self._checked_rows("__result__", done), done.rows, done.quarantined
+
+    def _validate_parquet_source(self, key: str, spec: FileSource, files: Sequence[Path], contract: Any, *,
+                                 source_name: str, workdir: Path) -> tuple[int, int]:
+        from headrace.engines.spark_contracts import validate_parquet_source_on_spark
+        from headrace.sources.files import sql_string
+
+        listed = ", ".join(sql_string(str(p)) for p in files)
+        try:  # the batch's columns, as one DuckDB read of every file types them (footers only)
+            described = self._local.con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet([{listed}], union_by_name=true)").fetchall()
+        except Exception as exc:
+            raise SourceError(f"source {source_name!r}: cannot read {spec.describe()}: {_first_line(exc)}",
+                              hint="check the file format and options") from exc
+        done = validate_parquet_source_on_spark(
+            self.spark, self._parquet_frame, spec, files, contract, types=[(str(r[0]), str(r[1])) for r in described],
+            source_name=source_name, workdir=workdir / f"spark-{key}", parallelism=self._parallelism(),
+            task_cores=self._task_cores())
+        self._sources[key] = source_name
+        self._checked_rows(key, done).createOrReplaceTempView(key)
+        return done.rows, done.quarantined
+
+    def _checked_rows(self, key: str, done: Any) -> Any:
+        """The good rows of a validation in tasks (a ``ResultValidation``) as a DataFrame; its
+        rejects kept in the driver's DuckDB under ``key`` for :meth:`quarantine_reader`."""
+        import pyarrow.parquet as pq
+
+        from headrace.quality.contracts import StoredValidation
+
+        self._local.keep_validated(key, StoredValidation(
+            rows=done.rows, quarantined=done.quarantined, columns=done.columns, fields=done.fields, good="",
+            rejects=done.rejects_sql, headers={}, path="stored"))
+        stored = pq.read_schema(done.checked[0])
+        frame = self._parquet_frame(done.checked, pa.schema([stored.field(c) for c in (*done.columns, "__hr_good")]))
+        return frame.where("__hr_good").select(*[quote_spark(c) for c in done.columns])
 
     def quarantine_reader(self, key: str, *, table: str, run_id: str) -> pa.RecordBatchReader:
         return self._local.quarantine_reader(key, table=table, run_id=run_id)
@@ -546,12 +610,14 @@ class SparkTaskSession:
         stage_dir = target.directory / f"stage-{uuid.uuid4().hex}"
         target.directory.mkdir(parents=True, exist_ok=True)
         codec = PARQUET_CODECS.get(target.compression, "zstd")
-        writer = self._rebalanced(frame, target).write.mode("error").option("compression", codec)
+        if self.optimize_write:
+            frame = self._rebalanced(frame, target)
+        writer = frame.write.mode("error").option("compression", codec)
         if target.compression_level is not None and codec == "zstd":
             writer = writer.option("parquet.compression.codec.zstd.level", str(target.compression_level))
         if target.partition_by:
             writer = writer.partitionBy(*target.partition_by)
-        restore = self._size_files(target)
+        restore = self._size_files(target) if self.optimize_write else (lambda: None)
         try:
             writer.parquet(_uri(stage_dir))
         except BaseException:
@@ -714,6 +780,12 @@ class SparkTaskSession:
         return name
 
     # ---- engine-side write modes (scd2): headrace's own SQL, run on Spark ----------------
+    def for_input(self, nbytes: int) -> Any:
+        """Work over less than ``[spark] local_threshold`` bytes runs on the driver's DuckDB:
+        a dozen Spark jobs cost seconds where DuckDB needs milliseconds, and both engines run
+        the same SQL, hash rows the same way and stage files the same way."""
+        return self._local if nbytes < self.local_threshold else self
+
     def bind_staged(self, staged: StagedResult, name: str) -> None:
         self._staged_frame(staged).createOrReplaceTempView(name)
 

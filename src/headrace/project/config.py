@@ -33,6 +33,8 @@ nothing but ``name = "demo"`` (or even an empty file) is a valid project::
     remote = "sc://host:15002"    # optional: a Spark Connect server instead of a master
     app_name = "headrace"
     start_timeout_seconds = 120   # bounded wait for the application to get executors
+    optimize_write = true         # size files to [write] target_file_size (a shuffle before the write)
+    local_threshold = "64MB"      # smaller inputs of a contract or SCD2 publish run on the driver's DuckDB; 0 = never
     [spark.conf]                  # any Spark setting, passed as-is
     "spark.executor.memory" = "8g"
 
@@ -198,6 +200,13 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def parse_size_or_zero(value: Any) -> int:
+    """:func:`parse_size`, where ``0`` means "none"."""
+    if value == 0 or value == "0":
+        return 0
+    return parse_size(value)
+
+
 def parse_duration(value: Any) -> timedelta:
     """A ``timedelta`` from seconds (int/float) or a string like ``"30m"``, ``"1h30m"``, ``"90s"``.
 
@@ -333,6 +342,10 @@ class SparkConfig(_Section):
     remote: str | None = Field(None, description="a Spark Connect URL such as 'sc://host:15002'")
     app_name: str = Field("headrace", min_length=1, description="a non-empty string")
     start_timeout_seconds: Seconds = Field(120.0, description="a number of seconds >= 0")
+    optimize_write: bool = Field(True, description="true or false")
+    local_threshold: Annotated[int, BeforeValidator(parse_size_or_zero)] = Field(
+        64 * 1024**2, description="a size in bytes, or a string like '64MB' (KB/MB/GB); 0 for never"
+    )
     conf: dict[str, str] = Field(default_factory=dict, description="a table of Spark settings")
 
     @field_validator("conf", mode="before")

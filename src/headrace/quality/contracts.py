@@ -62,7 +62,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -765,16 +765,25 @@ def _csv_sql(
 _NESTED_DUCK_TYPES = ("[]", "STRUCT(", "MAP(", "UNION(")
 
 
-def _parquet_sql(files: Sequence[Path], layout: RawLayout) -> str:
+def parquet_raw_sql(files: Sequence[Path], types: Sequence[tuple[str, str]], *,
+                    present: Collection[str] | None = None) -> str:
+    """The raw reader of Parquet files whose columns (over the whole batch) are ``types``.
+
+    ``present``: a part of a batch, holding only these columns: each column is read as its
+    type over the batch (NULL where absent), so the part's text is what one read of the
+    whole batch gives."""
     file_list = _list_literal([str(p) for p in files])
     pairs = []
-    for name, duck_type in layout.parquet_types:
+    for name, duck_type in types:
         nested = any(t in duck_type.upper() for t in _NESTED_DUCK_TYPES) or duck_type.upper().endswith("]")
-        expr = f"to_json({quote_ident(name)})::VARCHAR" if nested else f"CAST({quote_ident(name)} AS VARCHAR)"
-        pairs.append((name, expr))
-    row = ", ".join(f"{sql_string(n)}: {quote_ident(n)}" for n, _ in layout.parquet_types)
+        value = quote_ident(name)
+        if present is not None:
+            value = f"CAST({value} AS {duck_type})" if name in present else f"CAST(NULL AS {duck_type})"
+        expr = f"to_json({value})::VARCHAR" if nested else f"CAST({value} AS VARCHAR)"
+        pairs.append((name, value, expr))
+    row = ", ".join(f"{sql_string(n)}: {value}" for n, value, _ in pairs)
     raw = f"to_json({{{row}}})::VARCHAR" if row else "'{}'"
-    cols = "".join(f", {expr} AS {quote_ident(name)}" for name, expr in pairs)
+    cols = "".join(f", {expr} AS {quote_ident(name)}" for name, _, expr in pairs)
     return (
         f"SELECT {file_list}[file_index::BIGINT + 1] AS __hr_file, file_row_number + 1 AS __hr_line, "
         f"{raw} AS __hr_raw, NULL::VARCHAR AS __hr_error{cols} "
@@ -789,7 +798,7 @@ def raw_reader_sql(spec: FileSource, files: Sequence[Path], layout: RawLayout) -
     Build ``layout`` with ``probe_layout`` (or use ``open_raw_reader``, which does both).
     """
     if spec.format == "parquet":
-        return _parquet_sql(files, layout)
+        return parquet_raw_sql(files, layout.parquet_types)
     if spec.format == "csv":
         return _csv_sql(spec, layout)
     if spec.format == "ndjson":
@@ -1194,11 +1203,12 @@ class ValidationPlan:
         """The input fields feeding the key columns (what the duplicate pre-pass reads)."""
         return tuple(self.schema.matched[n] for n in self.contract.keys if n in self.schema.matched)
 
-    def duplicates_sql(self, raw_keys: str | None = None) -> str:
+    def duplicates_sql(self, raw_keys: str | None = None, *, min_count: int = 2) -> str:
         """The duplicate-key pre-pass to store as ``self.duplicates`` before running ``sql``.
 
         ``raw_keys`` is a raw relation holding at least ``key_fields`` (default: the plan's
         own ``raw``); a reader restricted to the key fields parses less (``RawReader.sql_for``).
+        ``min_count=1`` counts every key: one part's counts, to be summed with the others'.
         """
         keys = [i for i, kind in enumerate(self.contract.columns.values()) if kind.key]
         if not keys:
@@ -1213,7 +1223,7 @@ class ValidationPlan:
         # unreadable records, whose fields are NULL) form a group the join never matches.
         return (
             f"SELECT {key_cols}, count(*) AS __hr_dups FROM ({key_typed}) "
-            "GROUP BY ALL HAVING count(*) > 1"
+            f"GROUP BY ALL HAVING count(*) >= {int(min_count)}"
         )
 
     def good_sql(self, validated: str) -> str:
@@ -1367,6 +1377,24 @@ def plan_validation(
         contract=contract,
         raw=raw,
         duplicates=duplicates if keys else None,
+    )
+
+
+def result_raw_sql(relation: str, columns: Sequence[str], types: Sequence[str], *, origin: str, line: str) -> str:
+    """A transform's result as the raw relation ``plan_validation`` reads, so a derived table's
+    contract applies the very rules a source's does: every value as text (nested ones as
+    JSON), the row as JSON for the quarantine, ``origin`` (the table) as its file and the SQL
+    ``line`` as its line. ``types`` are the columns' DuckDB type names."""
+    texts = []
+    for name, kind in zip(columns, types, strict=True):
+        nested = any(mark in kind for mark in ("[]", "STRUCT(", "MAP("))
+        expr = f"to_json({quote_ident(name)})" if nested else quote_ident(name)
+        texts.append(f"CAST({expr} AS VARCHAR) AS {quote_ident(name)}")
+    row = ", ".join(f"{sql_string(name)}: {quote_ident(name)}" for name in columns)
+    return (
+        f"SELECT {sql_string(origin)} AS __hr_file, CAST({line} AS BIGINT) AS __hr_line, "
+        f"CAST(to_json({{{row}}}) AS VARCHAR) AS __hr_raw, CAST(NULL AS VARCHAR) AS __hr_error, {', '.join(texts)} "
+        f"FROM {relation}"
     )
 
 

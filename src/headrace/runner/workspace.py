@@ -64,7 +64,8 @@ class Workspace:
         if self.config.engine == "spark":  # DuckDB settings size its driver-side helper
             spark = self.config.spark
             settings.update(master=spark.master, remote=spark.remote, app_name=spark.app_name,
-                            conf=dict(spark.conf), start_timeout=spark.start_timeout_seconds)
+                            conf=dict(spark.conf), start_timeout=spark.start_timeout_seconds,
+                            optimize_write=spark.optimize_write, local_threshold=spark.local_threshold)
         return create_engine(self.config.engine, **settings)
 
     def write_settings(self) -> WriteSettings:
