@@ -132,23 +132,29 @@ def _fixture(root: Path) -> None:
     })
 
 
-@pytest.mark.spark
-@pytest.mark.slow
-def test_groups_of_files_quarantine_what_one_pass_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _spied(monkeypatch: pytest.MonkeyPatch, name: str, files_at: int) -> list[Any]:
+    """Record each call of ``spark_contracts.<name>`` as (its files, parallelism, result)."""
     from headrace.engines import spark_contracts
-    from test_spark_engine import SPARK, _both, _digest
-
-    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
 
     calls: list[Any] = []
-    real = spark_contracts.validate_on_spark
+    real = getattr(spark_contracts, name)
 
     def spy(*args: Any, **kw: Any) -> Any:
         done = real(*args, **kw)
-        calls.append((args[4], kw["parallelism"], done))
+        calls.append((list(args[files_at]), kw["parallelism"], done))
         return done
 
-    monkeypatch.setattr(spark_contracts, "validate_on_spark", spy)
+    monkeypatch.setattr(spark_contracts, name, spy)
+    return calls
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_groups_of_files_quarantine_what_one_pass_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_spark_engine import SPARK, _both, _digest
+
+    monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
+    calls = _spied(monkeypatch, "validate_on_spark", 4)
     root = tmp_path / "groups"
     _fixture(root)
     _both(root)  # same task summaries, tables, quarantine tables; one commit per table
@@ -227,18 +233,9 @@ def test_derived_table_contract_is_validated_in_tasks(tmp_path: Path, monkeypatc
     DuckDB (a derived row's line is its ordinal in the result, which no engine orders: its
     values may differ, each row still gets its own)."""
     import test_spark_engine
-    from headrace.engines import spark_contracts
     from test_spark_engine import SPARK, _both, _digest
 
-    calls: list[Any] = []
-    real = spark_contracts.validate_result_on_spark
-
-    def spy(*args: Any, **kw: Any) -> Any:
-        done = real(*args, **kw)
-        calls.append((list(args[2]), kw["parallelism"], done))
-        return done
-
-    monkeypatch.setattr(spark_contracts, "validate_result_on_spark", spy)
+    calls = _spied(monkeypatch, "validate_result_on_spark", 2)
     monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
     monkeypatch.setattr(test_spark_engine, "RUN_DEPENDENT", test_spark_engine.RUN_DEPENDENT | {"source_line"})
     root = tmp_path / "derived"
@@ -287,18 +284,9 @@ def test_parquet_source_contract_is_validated_in_tasks(tmp_path: Path, monkeypat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from headrace.engines import spark_contracts
     from test_spark_engine import SPARK, _both, _digest
 
-    calls: list[Any] = []
-    real = spark_contracts.validate_parquet_source_on_spark
-
-    def spy(*args: Any, **kw: Any) -> Any:
-        done = real(*args, **kw)
-        calls.append((list(args[3]), kw["parallelism"], done))
-        return done
-
-    monkeypatch.setattr(spark_contracts, "validate_parquet_source_on_spark", spy)
+    calls = _spied(monkeypatch, "validate_parquet_source_on_spark", 3)
     monkeypatch.setitem(SPARK, "spark.local_threshold", 0)
     root = tmp_path / "parquet"
     write_files(root, {"headrace.toml": 'name = "pq"\n', "pipelines/p.py": PARQUET})
