@@ -97,6 +97,10 @@ def test_backfill_resumes_after_sigkill(make_project):
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+    # the killed run is shown as abandoned (its process is gone), none as running
+    shown = json.loads(cli(root, "runs", "--json").stdout)
+    killed = [r["run_id"] for r in shown if r["status"] == "abandoned"]
+    assert len(killed) == 1 and all(r["status"] != "running" for r in shown)
 
     before = _intervals(root)
     assert 3 <= len(before) < len(DAYS)
@@ -122,10 +126,16 @@ def test_backfill_resumes_after_sigkill(make_project):
     ws = open_ws(root)
     try:
         statuses = [ws.store.tasks(o["run_id"])[0].status for o in outcomes]
+        # the next run recorded the killed one as abandoned, its unfinished table skipped
+        gone = ws.store.get_run(killed[0])
+        gone_tasks = ws.store.tasks(killed[0])
     finally:
         ws.close()
     done = len(before)
     assert statuses == ["unchanged"] * done + ["success"] * (len(DAYS) - done)
+    assert gone.status == "abandoned" and gone.ended_at is not None
+    assert [t.status for t in gone_tasks] == ["skipped"]
+    assert f"({proc.pid} on" in gone_tasks[0].message and "ended before finishing" in gone_tasks[0].message
 
     rows = read_table(root, "gold.slow")
     assert len(rows) == len({r["id"] for r in rows}) == PER_DAY * len(DAYS)  # no duplicates

@@ -671,3 +671,37 @@ def test_two_processes_share_one_sqlite_file_without_losing_writes(tmp_path: Pat
         for run in runs:
             (task,) = store.tasks(run.run_id)
             assert (task.status, task.rows_out) == ("success", int(run.run_id[-2:]))
+
+
+def test_runs_left_running_by_a_dead_process_are_closed(store: StateStore) -> None:
+    """A run whose process was killed stays ``running`` until the next run on the host
+    records it ``abandoned``: unfinished tables ``skipped`` (retry takes them), open attempts
+    ``failed``; finished tables, live runs and other hosts' runs are left alone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    for run_id in ("killed", "alive", "elsewhere", "reused"):
+        _start(store, run_id, ["a", "b", "c"])
+    store.update_task("killed", "a", status="success")
+    store.update_task("killed", "b", status="running")
+    store.start_attempt("killed", "b", 1)
+    with store._engine.begin() as conn:
+        conn.execute(sa.text("UPDATE headrace_runs SET pid = :pid WHERE run_id IN ('killed', 'elsewhere')"),
+                     {"pid": dead_pid})
+        conn.execute(sa.text("UPDATE headrace_runs SET host = 'another-host' WHERE run_id = 'elsewhere'"))
+        # this process's pid, recorded long before this process started: a reused pid
+        conn.execute(sa.text("UPDATE headrace_runs SET started_at = :at WHERE run_id = 'reused'"),
+                     {"at": store._bind({"started_at": datetime(2020, 1, 1, tzinfo=UTC)})["started_at"]})
+
+    assert sorted(store.close_abandoned_runs()) == ["killed", "reused"]
+    killed = store.get_run("killed")
+    assert killed.status == "abandoned" and killed.ended_at is not None
+    tasks = {t.table: t for t in store.tasks("killed")}
+    assert {n: t.status for n, t in tasks.items()} == {"a": "success", "b": "skipped", "c": "skipped"}
+    assert f"({dead_pid} on {socket.gethostname()})" in (tasks["b"].message or "")
+    assert [a.status for a in store.attempts("killed", "b")] == ["failed"]
+    assert store.get_run("alive").status == "running"
+    assert store.get_run("elsewhere").status == "running"
+    assert store.close_abandoned_runs() == []  # closed once
+    _start(store, "next", ["a"])  # every new run closes what is left
+    assert store.get_run("alive").status == "running"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from headrace.cli.render import fmt_int, out, print_json, simple_table, styled
 from headrace.errors import EngineError, SelectionError
+from headrace.runner.state import process_gone
 from headrace.runner.workspace import Workspace
 from headrace.spec.write_modes import SCD2_COLUMNS
 
 
 def show_runs(ws: Workspace, limit: int, *, as_json: bool) -> None:
-    records = ws.store.list_runs(limit)
+    # a run this host left running whose process is gone shows as abandoned (the next run
+    # records it so: StateStore.close_abandoned_runs)
+    records = [replace(r, status="abandoned") if r.status == "running" and process_gone(
+        r.host, r.pid, since=r.started_at) else r for r in ws.store.list_runs(limit)]
     if as_json:
         print_json([vars(r) if not hasattr(r, "__dataclass_fields__") else r for r in records])
         return
@@ -20,29 +25,12 @@ def show_runs(ws: Workspace, limit: int, *, as_json: bool) -> None:
         return
     rows = []
     for r in records:
-        status = "abandoned" if r.status == "running" and _is_dead(r.host, r.pid) else r.status
         seconds = (r.ended_at - r.started_at).total_seconds() if r.ended_at else None
-        rows.append([r.run_id, r.command, styled(status), r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+        rows.append([r.run_id, r.command, styled(r.status), r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                      "" if seconds is None else f"{seconds:.2f}s", str(r.tables_total),
                      " ".join(r.selection), r.parent_run_id or ""])
     out.print(simple_table(None, ["run", "command", "status", "started (UTC)", "time", "tables",
                                   "selection", "retry of"], rows))
-
-
-def _is_dead(host: str, pid: int) -> bool:
-    """A run still marked running whose process on this host is gone was killed."""
-    import os
-    import socket
-
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def show_run(ws: Workspace, run_id: str, *, as_json: bool) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from headrace.runner.scheduler import (
     ScheduleState,
     next_fire,
 )
+from headrace.runner.state import process_gone
 from headrace.runner.workspace import Workspace
 from headrace.spec._names import did_you_mean
 
@@ -133,7 +133,7 @@ def show_schedules(project: Path | None, profile: str | None, *, as_json: bool) 
         running = record.get("running")
         status = record.get("last_status")
         if running:
-            status = "abandoned" if _dead(running) else "running"
+            status = "abandoned" if process_gone(running.get("host"), _pid(running.get("pid"))) else "running"
         rows.append({
             "schedule": name,
             "cron": schedule.cron,
@@ -172,17 +172,11 @@ def _local(iso: str | None, timezone: str) -> str:
     return datetime.fromisoformat(iso).astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
 
 
-def _dead(running: dict[str, Any]) -> bool:
-    """A run marked running whose process on this host is gone was killed."""
-    if running.get("host") != socket.gethostname():
-        return False
+def _pid(value: Any) -> int:
     try:
-        os.kill(int(running.get("pid") or 0), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):
-        return False
-    return False
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def export_airflow(

@@ -45,6 +45,7 @@ STATUS_STYLE = {
     "running": "blue",
     "pending": "dim",
     "interrupted": "red",
+    "abandoned": "red",
 }
 
 

@@ -447,6 +447,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_started(pid: int) -> datetime | None:
+    """When process ``pid`` started (Linux ``/proc``); None when it cannot be told."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the name
+        return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), UTC)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def process_gone(host: str | None, pid: int | None, *, since: datetime | None = None) -> bool:
+    """Whether the process that recorded ``host``/``pid`` (at ``since``) has ended: it ran on
+    this host and that pid is free now, or now belongs to a process started after ``since``
+    (pids are reused). Other hosts' processes cannot be seen: never gone (never steal wrongly)."""
+    if host != _host() or not pid:
+        return False
+    if not _pid_alive(int(pid)):
+        return True
+    started = _process_started(int(pid)) if since is not None else None
+    return started is not None and since is not None and started > since + timedelta(seconds=2)
+
+
 def _advisory_key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_advisory_lock``, namespaced to headrace."""
     digest = hashlib.blake2b(f"headrace:{name}".encode(), digest_size=8).digest()
@@ -1056,6 +1080,7 @@ class StateStore:
             {"run_id": run_id, "table_name": t, "status": "pending", "attempts": 0}
             for t in unique_tables
         ]
+        self.close_abandoned_runs()
         with self._write(f"record run {run_id}") as db:
             db.run(_insert_sql("headrace_runs", _RUN_COLUMNS), run_row)
             if task_rows:
@@ -1063,6 +1088,31 @@ class StateStore:
                     _insert_sql("headrace_tasks", ("run_id", "table_name", "status", "attempts")),
                     task_rows,
                 )
+
+    def close_abandoned_runs(self) -> list[str]:
+        """Mark the runs this host left ``running`` whose process is gone (killed, or the
+        machine rebooted) as ``abandoned``, their unfinished tables ``skipped`` (``retry``
+        takes them) and open attempts ``failed``; returns their ids. Runs of other hosts are
+        left: their processes cannot be seen from here."""
+        with self._read("list running runs") as db:
+            rows = db.rows("SELECT run_id, host, pid, started_at FROM headrace_runs "
+                           "WHERE status = 'running' AND host = :host", {"host": _host()})
+        gone = [r for r in rows if process_gone(r["host"], int(r["pid"]), since=_instant(r["started_at"]))]
+        if not gone:
+            return []
+        now = self._bind({"ended_at": _now()})["ended_at"]
+        with self._write("close abandoned runs") as db:
+            for r in gone:
+                why = f"its run's process ({r['pid']} on {r['host']}) ended before finishing it (killed?)"
+                params = {"run_id": r["run_id"], "now": now, "why": why}
+                db.run("UPDATE headrace_runs SET status = 'abandoned', ended_at = :now "
+                       "WHERE run_id = :run_id AND status = 'running'", params)
+                db.run("UPDATE headrace_tasks SET status = 'skipped', ended_at = :now, message = :why "
+                       "WHERE run_id = :run_id AND status IN ('pending', 'running')", params)
+                db.run("UPDATE headrace_attempts SET status = 'failed', ended_at = :now, error = :why "
+                       "WHERE run_id = :run_id AND status = 'running'", params)
+        log.warning("closed %d abandoned run(s): %s", len(gone), ", ".join(r["run_id"] for r in gone))
+        return [r["run_id"] for r in gone]
 
     def finish_run(self, run_id: str, status: str) -> None:
         """Set the final status and ``ended_at`` of a run."""
@@ -1396,7 +1446,7 @@ class StateStore:
         expires_at = _instant(row["expires_at"])
         if expires_at is not None and expires_at <= now:
             return True
-        return bool(row["host"] == _host() and not _pid_alive(int(row["pid"])))
+        return process_gone(row["host"], int(row["pid"]))
 
     def _sqlite_heartbeat(self, claim: _Claim, stop: threading.Event) -> None:
         """Extend our lease until released; stops if someone else has taken the row over."""
