@@ -2,14 +2,10 @@
 
 The whole attempt holds the table's lock in the state store, so two runs writing one table
 serialise; the second sees the first's commit fingerprint and does nothing. What the run
-consumed (batch id, fingerprint) is written in the same Delta commit as the data.
-
-A merge or overwrite_partitions table that reads one file source works on its files
-incrementally: each commit records the files it holds (path -> digest, and which partitions
-they fed, :class:`~headrace.sources.batches.FileState`); the next run reads only new and
-changed files, and for overwrite_partitions recomputes exactly the partitions they touch
-(their new partitions plus the old ones of changed and removed files) from every file feeding
-those partitions, so the table ends as a recompute from all current files would leave it.
+consumed (batch id, fingerprint) is written in the same Delta commit as the data. Append
+tables skip what they already hold (:mod:`headrace.runner.inputs`); merge and
+overwrite_partitions tables over one file source read only new and changed files
+(:mod:`headrace.runner.incremental`).
 """
 
 from __future__ import annotations
@@ -30,23 +26,21 @@ from headrace.delta.writer import (
     PublishRequest,
     PublishResult,
     WriteSettings,
-    append_app_id,
     publish,
 )
 from headrace.engines.base import Engine, StagedResult, StageTarget
 from headrace.errors import DataQualityError, DefinitionError, SourceError
 from headrace.runner import audit
+from headrace.runner.incremental import IncrementalFiles, only_partitions
+from headrace.runner.inputs import AppendLedger, ResolvedInputs
 from headrace.sources.batches import (
     FileEntry,
-    FilePlan,
     FileState,
     InputBatch,
-    Partition,
     advance_state,
     combine,
     file_digest,
     plan_files,
-    record_files,
 )
 from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
@@ -56,9 +50,7 @@ from headrace.spec.tables import TableRef, TableSpec
 from headrace.spec.write_modes import (
     SCD2_COLUMNS,
     Append,
-    Merge,
     Overwrite,
-    OverwritePartitions,
     Scd2,
 )
 
@@ -73,13 +65,6 @@ class TaskResult:
     message: str | None
     rows_quarantined: int | None = None
     rows_dropped: int | None = None
-
-
-@dataclass(frozen=True)
-class ResolvedInputs:
-    batches: dict[str, InputBatch]
-    snapshots: dict[str, Snapshot]
-    batch_id: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +112,8 @@ class TableTask:
         self._cursors: dict[str, str | None] = {}
         self._file_state: FileState | None = None  # what the table holds, per input file
         self._listed_at_ns = 0
+        self.appends = AppendLedger(spec, lake, self._rel)
+        self.files = IncrementalFiles(spec, lake, self._rel, logical_date, force)
 
     def resolve_inputs(self) -> ResolvedInputs:
         """Pin every input: file sets with content digests, upstream tables at a version."""
@@ -226,70 +213,8 @@ class TableTask:
         ds = self.logical_date.isoformat() if self.logical_date else "-"
         return combine([inputs.batch_id, self.spec.config_fingerprint(), ds])
 
-    def append_ids(self, inputs: ResolvedInputs) -> dict[str, str]:
-        """Delta app-transaction ids for an append: one per file when the table reads a single
-        file source (so new files are appended and old ones never again), else one per batch."""
-        files = [(k, b) for k, b in inputs.batches.items() if b.kind == "files"]
-        if len(inputs.batches) == 1 and len(files) == 1:
-            return {
-                str(e.path): append_app_id(self.spec.name, f"file:{self._rel(e.path)}:{e.digest}")
-                for e in files[0][1].files
-            }
-        return {"*": append_app_id(self.spec.name, inputs.batch_id)}
-
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
-
-    def pending_appends(self, inputs: ResolvedInputs) -> tuple[ResolvedInputs, list[str]]:
-        """Drop already-appended files from the batch; return the batch and its app ids."""
-        ids = self.append_ids(inputs)
-        if not self.lake.exists(self.spec.name):
-            return inputs, list(ids.values())
-        table = self.lake.open(self.spec.name)
-        todo = {k: v for k, v in ids.items() if table.transaction_version(v) is None}
-        if "*" not in ids and todo:
-            self._refuse_changed_files(inputs, todo)
-        if "*" in ids or len(todo) == len(ids):
-            return inputs, list(todo.values())
-        key, batch = next(iter(inputs.batches.items()))
-        kept = tuple(e for e in batch.files if str(e.path) in todo)
-        new_batch = InputBatch(
-            kind="files",
-            description=f"{len(kept)} new of {len(batch.files)} file(s)",
-            batch_id=combine(f"{self._rel(e.path)}:{e.digest}" for e in kept),
-            files=kept,
-        )
-        batch_id = combine([self.spec.name, f"{key}={new_batch.batch_id}"])
-        return ResolvedInputs({key: new_batch}, inputs.snapshots, batch_id), list(todo.values())
-
-    def appended_files(self) -> dict[str, str]:
-        """Files (relative path -> content digest) whose rows the table holds, from the Delta
-        log: every append commit lists its files; a full refresh starts the list anew."""
-        seen: dict[str, str] = {}
-        for commit in self.lake.history(self.spec.name):
-            listed = commit.metadata.get("files")
-            if listed:
-                for path, digest in json.loads(listed).items():
-                    seen.setdefault(path, digest)
-            if commit.metadata.get("full_refresh") == "true":  # it rebuilt the table from these files
-                break
-        return seen
-
-    def _refuse_changed_files(self, inputs: ResolvedInputs, todo: dict[str, str]) -> None:
-        """Appending a file again after it changed would duplicate the rows it already added;
-        the table must be rebuilt instead, so say so rather than guess."""
-        batch = next(iter(inputs.batches.values()))
-        known = self.appended_files()
-        changed = [self._rel(e.path) for e in batch.files
-                   if str(e.path) in todo and known.get(self._rel(e.path)) not in (None, e.digest)]
-        if changed:
-            raise DataQualityError(
-                f"table {self.spec.name!r}: {len(changed)} already-appended file(s) changed since: "
-                f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}; appending them again "
-                "would duplicate the rows they added",
-                hint=f"rebuild from the current files: headrace run --select {self.spec.name} --full-refresh",
-                table=self.spec.name,
-            )
 
     def up_to_date(self, inputs: ResolvedInputs, fingerprint: str) -> str | None:
         """Why there is nothing to do, or None. The Delta log is the source of truth."""
@@ -314,23 +239,23 @@ class TableTask:
             self._workdirs.clear()
 
     def _attempt(self, attempt: int) -> TaskResult:
-        key = self._incremental_key()
-        self._file_state = self._recorded_files(key) if key else None
+        key = self.files.key()
+        self._file_state = self.files.recorded(key) if key else None
         inputs = self.resolve_inputs()
         if self._cursors and all(b.kind == "database" and not b.rows for b in inputs.batches.values()):
             return TaskResult("unchanged", 0, None, None, None, "no new rows since the stored watermark")
         app_ids: list[str] = []
         if self.full_refresh:
-            return self._run(attempt, inputs, list(self.append_ids(inputs).values())
+            return self._run(attempt, inputs, list(self.appends.ids(inputs).values())
                              if isinstance(self.spec.write, Append) else [])
         if isinstance(self.spec.write, Append):
-            inputs, app_ids = self.pending_appends(inputs)
+            inputs, app_ids = self.appends.pending(inputs)
             if not app_ids:
                 return TaskResult("unchanged", None, None, None, "append", "every input batch is already appended")
         reason = None if app_ids else self.up_to_date(inputs, self.fingerprint(inputs))
         if reason:
             return TaskResult("unchanged", None, None, None, None, reason)
-        note = self._full_recompute_note(key)
+        note = self.files.full_recompute_note(key, self._file_state)
         if key and note is None and self._file_state is not None and not self.force:
             return self._run_incremental(attempt, inputs, key, self._file_state)
         return self._run(attempt, inputs, app_ids, note=note)
@@ -349,58 +274,6 @@ class TableTask:
 
     # ---- incremental file processing ----------------------------------------------------
 
-    def _incremental_key(self) -> str | None:
-        """The input whose files this table can process incrementally, or None: a merge or
-        overwrite_partitions table reading exactly one file source, outside backfills (a
-        logical date changes what the transform does with the same files)."""
-        if self.logical_date is not None or not isinstance(self.spec.write, Merge | OverwritePartitions):
-            return None
-        if len(self.spec.inputs) != 1:
-            return None
-        key, item = next(iter(self.spec.inputs.items()))
-        return key if isinstance(item, FileSource) else None
-
-    def _recorded_files(self, key: str) -> FileState | None:
-        """The file state in the table's newest run commit (maintenance commits such as
-        OPTIMIZE carry no fingerprint and are passed over); None when that commit has none."""
-        if not self.lake.exists(self.spec.name):
-            return None
-        for commit in self.lake.history(self.spec.name, 50):
-            if "fingerprint" not in commit.metadata:
-                continue
-            text = commit.metadata.get("inputs")
-            state = FileState.loads(text) if text else None
-            return state if state is not None and state.key == key else None
-        return None
-
-    def _full_recompute_note(self, key: str | None) -> str | None:
-        """Why this run reads every file of a table that could read only new ones (None: it
-        can work incrementally; also None for tables where all files is the only way)."""
-        if key is None:
-            files = any(isinstance(i, FileSource) for i in self.spec.inputs.values())
-            if files and self.logical_date is None and isinstance(self.spec.write, Merge | OverwritePartitions):
-                return "recomputed from all files: only a table reading one file source is processed incrementally"
-            return None
-        if self.force or not self.lake.exists(self.spec.name):
-            return None  # asked for, or the first load: nothing to say
-        state = self._file_state
-        if state is None:
-            return "recomputed from all files: the table has no record of the files it holds"
-        if state.config != self.spec.config_fingerprint():
-            return "recomputed from all files: the table's definition changed"
-        return None
-
-    def _subset(self, inputs: ResolvedInputs, key: str, entries: list[FileEntry]) -> ResolvedInputs:
-        """The inputs narrowed to some files of the file source ``key``."""
-        batch = inputs.batches[key]
-        sub = InputBatch(
-            kind="files",
-            description=f"{len(entries)} of {len(batch.files)} file(s)",
-            batch_id=combine(f"{self._rel(e.path)}:{e.digest}" for e in entries),
-            files=tuple(sorted(entries, key=lambda e: str(e.path))),
-        )
-        return ResolvedInputs({key: sub}, inputs.snapshots, combine([self.spec.name, f"{key}={sub.batch_id}"]))
-
     def _run_incremental(self, attempt: int, inputs: ResolvedInputs, key: str, state: FileState) -> TaskResult:
         """Process only new and changed files; for overwrite_partitions, recompute the touched
         partitions from every file feeding them (a partition overwrite from the new files
@@ -408,12 +281,12 @@ class TableTask:
         plan = plan_files(state, inputs.batches[key].files, self._rel)
         if not plan.todo and not plan.removed:
             return TaskResult("unchanged", None, None, None, None, "no new, changed or removed files")
-        merge = isinstance(self.spec.write, Merge)
+        merge = self.files.merge
         was_changed = set() if merge else state.partitions_of(self._rel(e.path) for e in plan.changed)
         was_removed = set() if merge else state.partitions_of(plan.removed)
         session = self.engine.session()
         try:
-            first = self._compute(session, self._subset(inputs, key, list(plan.todo)), attempt) if plan.todo else None
+            first = self._compute(session, self.files.subset(inputs, key, list(plan.todo)), attempt) if plan.todo else None
             produced = first.staged.partitions if first else set()
             targets = produced | was_changed | was_removed
             unchanged = {self._rel(e.path): e for e in plan.unchanged}
@@ -425,11 +298,11 @@ class TableTask:
                 session.close()
                 session = self.engine.session()
                 files = [*plan.todo, *(unchanged[p] for p in feeding)]
-                second = self._compute(session, self._subset(inputs, key, files), attempt, quarantine=False)
-                final = replace(second, staged=_only_partitions(second.staged, targets))
+                second = self._compute(session, self.files.subset(inputs, key, files), attempt, quarantine=False)
+                final = replace(second, staged=only_partitions(second.staged, targets))
             written = final.staged.partitions if final else set()
             unfed = targets - written  # as a recompute from all files would, these are left as they are
-            note = self._incremental_note(plan, merge=merge, written=written, kept=unfed, feeding=len(feeding))
+            note = self.files.note(plan, written=written, kept=unfed, feeding=len(feeding))
             if final is None:  # only removals, and no other file feeds their partitions
                 return TaskResult("unchanged", None, None, None, None, note)
             self._file_state = advance_state(state, plan, self._rel, config=self.spec.config_fingerprint(),
@@ -439,42 +312,13 @@ class TableTask:
         finally:
             session.close()
 
-    def _incremental_note(self, plan: FilePlan, *, merge: bool, written: set[Partition], kept: set[Partition],
-                          feeding: int) -> str:
-        parts = [f"incremental: {plan.describe()}"]
-        if merge:
-            if plan.removed:
-                parts.append(f"rows merged from removed file(s) are kept ({_names(plan.removed)}); "
-                             "--full-refresh rebuilds from the current files")
-            return "; ".join(parts)
-        if written:
-            parts.append(f"rewrote {len(written)} partition(s) from {len(plan.todo) + feeding} file(s)")
-        if kept:
-            parts.append(f"kept {len(kept)} partition(s) as they were: no current file produces rows for them "
-                         f"({_names(self._show(p) for p in kept)}); --full-refresh drops them")
-        return "; ".join(parts)
-
-    def _show(self, partition: Partition) -> str:
-        return "/".join(f"{c}={v}" for c, v in zip(self.spec.partition_by, partition, strict=True))
-
-    def _full_state(self, inputs: ResolvedInputs, staged: StagedResult) -> FileState | None:
-        """After reading every file: all of them, as one group feeding what was written."""
-        key = self._incremental_key()
-        if key is None:
-            return None
-        merge = isinstance(self.spec.write, Merge)
-        files = record_files(inputs.batches[key].files, self._rel, listed_at_ns=self._listed_at_ns,
-                             group=None if merge else 0)
-        groups = () if merge else (frozenset(staged.partitions),)
-        return FileState(key=key, config=self.spec.config_fingerprint(), files=files, groups=groups)
-
     # ---- compute and publish ------------------------------------------------------------
 
     def _run(self, attempt: int, inputs: ResolvedInputs, app_ids: list[str], *, note: str | None = None) -> TaskResult:
         session = self.engine.session()
         try:
             computed = self._compute(session, inputs, attempt)
-            self._file_state = self._full_state(inputs, computed.staged)
+            self._file_state = self.files.full_state(inputs, computed.staged, listed_at_ns=self._listed_at_ns)
             return self._finish(session, computed, inputs, app_ids, note=note)
         finally:
             session.close()
@@ -627,21 +471,6 @@ class TableTask:
         root = self.root / ".headrace" / "tmp"
         root.mkdir(parents=True, exist_ok=True)
         return root
-
-
-def _only_partitions(staged: StagedResult, partitions: set[Partition]) -> StagedResult:
-    """Keep the staged files of these partitions; delete the rest (never committed)."""
-    keep = tuple(f for f in staged.files if tuple(f.partition_values.get(c) for c in staged.partition_by)
-                 in partitions)
-    for f in staged.files:
-        if f not in keep:
-            f.path.unlink(missing_ok=True)
-    return replace(staged, files=keep, rows=sum(f.rows for f in keep))
-
-
-def _names(items: Any, limit: int = 3) -> str:
-    shown = sorted(items)
-    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
 
 
 def _join(*notes: str | None) -> str | None:
