@@ -327,6 +327,23 @@ def vacuum(
     out.print(simple_table(None, ["table", verb], [[r.table, str(len(r.files))] for r in results]))
 
 
+@app.command()
+def optimize(
+    tables: Annotated[list[str] | None, typer.Argument(help="Tables (default: every table in the lake).")] = None,
+    zorder: Annotated[str | None, typer.Option("--zorder", metavar="COL,...",
+                                               help="Cluster the rows of each partition by these columns.")] = None,
+    target_size: Annotated[str | None, typer.Option("--target-size", metavar="SIZE",
+                                                    help="File size to aim for (default: [write] target_file_size).")]
+    = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the files that would be rewritten.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compact small files into files of the target size, one commit per table, rows unchanged."""
+    from headrace.cli.ops import optimize_tables
+
+    optimize_tables(_workspace(), tables, zorder=zorder, target_size=target_size, dry_run=dry_run, as_json=as_json)
+
+
 @app.command("config")
 def config_cmd(as_json: JsonOpt = False) -> None:
     """Show every setting, its value and where it came from."""

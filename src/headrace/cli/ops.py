@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from headrace.cli.render import out, print_json, simple_table, styled
+from headrace.cli.render import out, print_json, progress_bar, simple_table, styled
 from headrace.errors import ProjectError, SelectionError
 from headrace.project.config import ResolvedConfig
 from headrace.runner.scheduler import (
@@ -170,6 +170,57 @@ def _local(iso: str | None, timezone: str) -> str:
     from zoneinfo import ZoneInfo
 
     return datetime.fromisoformat(iso).astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+
+
+def optimize_tables(ws: Workspace, tables: list[str] | None, *, zorder: str | None, target_size: str | None,
+                    dry_run: bool, as_json: bool) -> None:
+    """``headrace optimize``: compact each table under its lock, with a progress bar."""
+    import time
+
+    from headrace.delta.maintenance import OptimizeResult, optimize
+    from headrace.delta.writer import writer_properties
+    from headrace.project.config import parse_size
+
+    try:
+        size = ws.write_settings().target_file_size
+        if target_size is not None:
+            try:
+                size = parse_size(target_size.strip())
+            except ValueError:
+                raise SelectionError(f"--target-size {target_size!r} is not a size",
+                                     hint="write bytes or a size such as '128MB' or '1GB'") from None
+        columns = [c.strip() for c in (zorder or "").split(",") if c.strip()]
+        names = [t.lower() for t in tables] if tables else ws.lake.list_tables()
+        properties = writer_properties(ws.write_settings())
+        results: list[tuple[OptimizeResult, float]] = []
+        with progress_bar(len(names), "optimizing", enabled=not as_json and len(names) > 1) as advance:
+            for name in names:
+                started = time.perf_counter()
+                with ws.store.lock(f"table:{name}", owner="optimize", timeout=ws.config.run.lock_timeout_seconds):
+                    results.append((optimize(ws.lake, name, target_size=size, writer_properties=properties,
+                                             zorder=columns, dry_run=dry_run), time.perf_counter() - started))
+                advance(name)
+    finally:
+        ws.close()
+    if as_json:
+        print_json([{**vars(r), "seconds": round(t, 3)} for r, t in results])
+        return
+    rows = []
+    for r, seconds in results:
+        if r.dry_run:
+            rows.append([r.table, str(r.files_before), f"{r.files_rewritten} in {r.partitions} partition(s)", "", ""])
+            continue
+        done = (f"{r.files_before} -> {r.files_after} ({r.partitions} partition(s))" if r.version is not None
+                else f"{r.files_before}: nothing to compact")
+        rows.append([r.table, done, _mib(r.bytes_before, r.bytes_after), "" if r.version is None else str(r.version),
+                     f"{seconds:.2f}s"])
+    headers = (["table", "files", "would rewrite", "", ""] if dry_run
+               else ["table", "files", "size", "version", "time"])
+    out.print(simple_table(None, headers, rows))
+
+
+def _mib(before: int, after: int) -> str:
+    return f"{before / 2**20:,.1f} -> {after / 2**20:,.1f} MiB"
 
 
 def _pid(value: Any) -> int:

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime
@@ -193,22 +193,29 @@ def run_result_json(result: RunResult) -> dict[str, Any]:
 @contextmanager
 def backfill_progress(total: int, *, enabled: bool) -> Iterator[Any]:
     """A progress bar over the dates of a backfill; yields the per-date callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     if not enabled or not err.is_terminal:
         def plain(outcome: Any) -> None:
             if enabled:
                 err.print(Text.assemble(f"  {outcome.ds} ", styled(outcome.status), f" {outcome.note or ''}"))
         yield plain
         return
-    with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+    with progress_bar(total, "backfill", enabled=True) as step:
+        yield lambda outcome: step(f"{outcome.ds} {outcome.status}")
+
+
+@contextmanager
+def progress_bar(total: int, label: str, *, enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A transient progress bar on stderr over ``total`` steps (only on a terminal); yields
+    the callback that advances it one step, showing what was just done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled or not err.is_terminal:
+        yield lambda _done: None
+        return
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=err, transient=True) as progress:
         task = progress.add_task("", total=total)
-
-        def advance(outcome: Any) -> None:
-            progress.update(task, advance=1, description=f"{outcome.ds} {outcome.status}")
-
-        yield advance
+        yield lambda done: progress.update(task, advance=1, description=done)
 
 
 def print_backfill(outcomes: Sequence[Any]) -> None:

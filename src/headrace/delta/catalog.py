@@ -21,6 +21,13 @@ from headrace.spec._names import did_you_mean
 
 META_PREFIX = "headrace."
 
+#: Commits that rearrange or describe a table without changing its rows (compaction, vacuum,
+#: properties): "the table's last commit" for a run means the last one that wrote data.
+MAINTENANCE_OPERATIONS = frozenset({
+    "OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "ADD CONSTRAINT", "DROP CONSTRAINT",
+    "UPGRADE PROTOCOL", "ADD FEATURE", "UPDATE FIELD METADATA", "UPDATE TABLE METADATA",
+})
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -133,9 +140,20 @@ class Lake:
             )
         return commits
 
+    def data_version(self, snapshot: Snapshot) -> int:
+        """The version of the snapshot's newest commit that changed rows: what a table read
+        from it depends on (a compaction after it changes the files, not the rows)."""
+        for entry in snapshot.table.history(100):
+            if str(entry.get("operation", "")) not in MAINTENANCE_OPERATIONS:
+                return int(entry.get("version", snapshot.version))
+        return snapshot.version
+
     def last_commit_metadata(self, name: str) -> dict[str, Any]:
-        """headrace metadata of the newest commit, or {} when there is none."""
+        """headrace metadata of the newest commit that wrote data (maintenance such as
+        ``headrace optimize`` passed over), or {} when there is none."""
         if not self.exists(name):
             return {}
-        history = self.history(name, 1)
-        return history[0].metadata if history else {}
+        for commit in self.history(name, 100):
+            if commit.operation not in MAINTENANCE_OPERATIONS:
+                return commit.metadata
+        return {}

@@ -178,7 +178,7 @@ def _merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
         source_alias="s",
         target_alias="t",
         merge_schema=evolve,
-        writer_properties=_writer_properties(req.settings),
+        writer_properties=writer_properties(req.settings),
         commit_properties=_commit_properties(req),
     )
     if mode.delete_when:
@@ -240,7 +240,7 @@ def _first_merge(lake: Lake, req: PublishRequest, mode: Merge) -> PublishResult:
                 mode="append",
                 partition_by=list(req.spec.partition_by) or None,
                 target_file_size=req.settings.target_file_size,
-                writer_properties=_writer_properties(req.settings),
+                writer_properties=writer_properties(req.settings),
                 commit_properties=_commit_properties(req),
             )
             return PublishResult(_version(lake, req), "merge", int(kept[0][0]))
@@ -393,7 +393,7 @@ def _evolve(lake: Lake, req: PublishRequest, *, mode: str, predicate: str | None
         schema_mode="merge",
         partition_by=list(req.spec.partition_by) or None,
         target_file_size=req.settings.target_file_size,
-        writer_properties=_writer_properties(req.settings),
+        writer_properties=writer_properties(req.settings),
         commit_properties=_commit_properties(req, app_ids=app_ids),
     )
 
@@ -430,7 +430,7 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     return a in texts and b in texts
 
 
-def _writer_properties(settings: WriteSettings) -> WriterProperties:
+def writer_properties(settings: WriteSettings) -> WriterProperties:
     codec = _COMPRESSION.get(settings.compression, "ZSTD")
     level = settings.compression_level if codec in ("ZSTD", "GZIP") else None
     return WriterProperties(compression=codec, compression_level=level)  # type: ignore[arg-type]

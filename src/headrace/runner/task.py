@@ -134,7 +134,7 @@ class TableTask:
                 batches[key] = InputBatch(
                     kind="table",
                     description=f"{item.name}@v{snap.version}",
-                    batch_id=f"{item.name}@{snap.version}",
+                    batch_id=f"{item.name}@{self.lake.data_version(snap)}",  # a compaction is no new input
                     table_version=snap.version,
                 )
             elif isinstance(item, FileSource):
