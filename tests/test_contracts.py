@@ -843,8 +843,9 @@ def test_json_array_files_are_not_supported(con, tmp_path):
 
 # ---- the stored path (what the runner uses) against the reference ---------------------------
 
-from headrace.quality import contracts as contracts_module  # noqa: E402
+from headrace.quality.contracts import probing as probing_module  # noqa: E402
 from headrace.quality.contracts import store_validated  # noqa: E402
+from headrace.quality.contracts import stored as stored_module  # noqa: E402
 
 
 def _rows(con, sql: str) -> list[tuple[Any, ...]]:
@@ -976,7 +977,7 @@ def test_stored_path_gives_exactly_the_reference_result(con, tmp_path, scenario)
 def test_stored_path_with_every_line_passing_the_bitmap(con, tmp_path, monkeypatch):
     """Good lines whose hash shares a bitmap bit with a reject are re-read too (here all of
     them): they validate as good again and stay out of the quarantine."""
-    monkeypatch.setattr(contracts_module, "_reject_slots", lambda n: 1)
+    monkeypatch.setattr(stored_module, "_reject_slots", lambda n: 1)
     spec, files, contract = _scenarios(tmp_path)["mixed"]
     assert same_as_reference(con, tmp_path, spec, files, contract).path == "stored"
     spec, files, contract = _scenarios(tmp_path)["csv"]
@@ -995,7 +996,7 @@ def test_stored_path_falls_back_to_the_reference_when_counts_disagree(con, tmp_p
     """The rejects re-read must add up to the rejects counted; if not, the reference path
     gives the answer (a safety net: this never happens unless the two SQLs diverge)."""
     spec, files, contract = _scenarios(tmp_path)["mixed"]
-    monkeypatch.setattr(contracts_module, "_store_fast", lambda *args, **kw: None)
+    monkeypatch.setattr(stored_module, "_store_fast", lambda *args, **kw: None)
     assert same_as_reference(con, tmp_path, spec, files, contract, fallback=True).path == "reference"
 
 
@@ -1015,7 +1016,7 @@ def test_probe_without_line_counts_classifies_files_the_same(tmp_path, monkeypat
         assert (quick.regular, quick.crlf, quick.why_irregular, quick.size) == (
             full.regular, full.crlf, full.why_irregular, full.size), name
     # a CRLF cut by the probe's chunking is still one line ending
-    monkeypatch.setattr(contracts_module, "_CHUNK", 9)
+    monkeypatch.setattr(probing_module, "_CHUNK", 9)
     path = write(tmp_path, "cut.ndjson", b'{"a": 1}\r\n{"a": 2}\r\n')
     assert probe_file(NDJSON, path, count_lines=False).crlf
     path = write(tmp_path, "cut2.ndjson", b'{"a": 1}\r\n{"a":22}\n')
