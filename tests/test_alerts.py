@@ -5,65 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from headrace.observe.alerts import Alert, AlertSender, alerts_for_run
 from headrace.project.config import AlertsConfig
 from headrace.runner.events import RunResult, TaskOutcome
 
-from conftest import run_project
-
-
-class Hook:
-    """A webhook receiver on 127.0.0.1: records requests, answers with scripted statuses."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.statuses: list[int] = []
-        self.lock = threading.Lock()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with hook.lock:
-                    hook.requests.append({"path": self.path, "headers": dict(self.headers),
-                                          "body": json.loads(body)})
-                    status = hook.statuses.pop(0) if hook.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(b"ok" if status < 400 else b"nope")
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/T123/secret"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-
-    def bodies(self, kind: str | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            return [r["body"] for r in self.requests if kind is None or r["body"]["kind"] == kind]
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    server = Hook()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
+from conftest import Hook, run_project
 
 
 def _sender(delays: list[float] | None = None, **config: Any) -> AlertSender:

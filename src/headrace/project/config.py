@@ -54,6 +54,13 @@ nothing but ``name = "demo"`` (or even an empty file) is a valid project::
     retries = 3                   # delivery retries, exponential backoff
     timeout_seconds = 10
 
+    [lineage]                     # OpenLineage events per run and table (optional)
+    url = "http://marquez:5000"   # POST {url}/{endpoint}; and/or file = "lineage.ndjson" (JSON lines)
+    endpoint = "api/v1/lineage"
+    api_key = "${OPENLINEAGE_API_KEY:-}"   # sent as a Bearer token
+    namespace = "analytics"       # job namespace (default: the project name)
+    timeout_seconds = 5           # per delivery; a failed delivery never fails a run
+
     [profiles.dev]
     lake = "lake"
 
@@ -480,6 +487,39 @@ class AlertsConfig(_Section):
         return bool(self.webhook or self.command)
 
 
+class LineageConfig(_Section):
+    """``[lineage]``: where OpenLineage events of every run and table are sent."""
+
+    url: str | None = Field(None, description="an http:// or https:// URL")
+    endpoint: str = Field("api/v1/lineage", description="a path under url")
+    api_key: str | None = Field(None, description="a token, sent as a Bearer token")
+    file: str | None = Field(None, description="a file path (JSON lines)")
+    namespace: str | None = Field(None, description="a job namespace (default: the project name)")
+    timeout_seconds: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)] = (
+        Field(5.0, description="a number of seconds > 0")
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """Empty (e.g. ``${OPENLINEAGE_URL:-}`` unset) means "no HTTP endpoint"."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE):
+            raise _Invalid(f"{value!r} is not an http(s) URL", hint="write the server's URL, e.g. 'http://marquez:5000'")
+        return value.rstrip("/")
+
+    @field_validator("file", "api_key", "namespace")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None and value.strip() else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.file)
+
+
 class _Settings(_Section):
     """Every setting after the profile merge; validated once values are interpolated."""
 
@@ -499,6 +539,7 @@ class _Settings(_Section):
     duckdb: DuckDBConfig = Field(default_factory=DuckDBConfig, description="a table")
     spark: SparkConfig = Field(default_factory=SparkConfig, description="a table")
     alerts: AlertsConfig | None = Field(None, description="a table")
+    lineage: LineageConfig | None = Field(None, description="a table")
     schedules: dict[str, ScheduleConfig] = Field(
         default_factory=dict, description="a table of [schedules.NAME] tables"
     )
@@ -545,6 +586,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "duckdb": DuckDBConfig,
     "spark": SparkConfig,
     "alerts": AlertsConfig,
+    "lineage": LineageConfig,
 }
 # Section keys that are free-form tables of settings ([spark.conf]).
 _SUBTABLES = {("spark", "conf")}
@@ -585,6 +627,7 @@ class ResolvedConfig:
     duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     alerts: AlertsConfig | None = None
+    lineage: LineageConfig | None = None
     schedules: Mapping[str, ScheduleConfig] = field(default_factory=lambda: MappingProxyType({}))
     origins: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
@@ -608,10 +651,11 @@ class ResolvedConfig:
         ]
         for section in _SECTIONS:
             model = getattr(self, section)
-            if model is None:  # [alerts] not configured
+            if model is None:  # [alerts] / [lineage] not configured
                 continue
             values += [(f"{section}.{key}", getattr(model, key)) for key in type(model).model_fields]
-        values = [(k, _mask_webhook(v) if k == "alerts.webhook" else v) for k, v in values]
+        values = [(k, _mask_webhook(v) if k == "alerts.webhook" else "***" if k == "lineage.api_key" and v else v)
+                  for k, v in values]
         for name, schedule in self.schedules.items():
             values += [(f"schedules.{name}.{key}", getattr(schedule, key)) for key in ScheduleConfig.model_fields]
         return [(key, value, self._origin(key)) for key, value in values]
@@ -664,6 +708,7 @@ def load_config(
     effective.update(_flatten_overrides(overrides or {}))
     settings = _validate(effective, doc)
     _check_alerts_target(effective, doc)
+    _check_lineage_target(effective, doc)
     _check_other_profiles(base, profiles, chosen, doc)
     origins = {key: entry.origin for key, entry in effective.items()}
     origins["profile"] = profile_origin
@@ -914,6 +959,17 @@ def _check_alerts_target(flat: Mapping[str, _Entry], doc: _Doc) -> None:
             "[alerts] sets neither webhook nor command, so no alert could be delivered",
             hint="add webhook = \"https://...\" and/or command = \"...\" under [alerts]",
             key=entry.source.rpartition(".")[0],
+        )
+
+
+def _check_lineage_target(flat: Mapping[str, _Entry], doc: _Doc) -> None:
+    """A [lineage] table without url or file could send nothing (as for [alerts])."""
+    keys = [key for key in flat if key.startswith("lineage.")]
+    if keys and "lineage.url" not in flat and "lineage.file" not in flat:
+        raise doc.error(
+            "[lineage] sets neither url nor file, so no lineage event could be sent",
+            hint="add url = \"http://...\" (an OpenLineage server such as Marquez) and/or file = \"...\" under [lineage]",
+            key=flat[keys[0]].source.rpartition(".")[0],
         )
 
 
@@ -1197,6 +1253,7 @@ def _resolve(
         duckdb=duckdb,
         spark=settings.spark,
         alerts=settings.alerts if settings.alerts is not None and settings.alerts.enabled else None,
+        lineage=settings.lineage if settings.lineage is not None and settings.lineage.enabled else None,
         schedules=MappingProxyType(dict(settings.schedules)),
         origins=MappingProxyType(origins),
     )

@@ -6,12 +6,13 @@ state change goes to the state store and to a listener (the CLI's progress displ
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -26,6 +27,8 @@ from headrace.runner.events import Listener, RunResult, TaskOutcome
 from headrace.runner.retry import RetryPolicy, classify_transient
 from headrace.runner.task import TableTask, TaskResult
 from headrace.spec.tables import TableSpec
+
+log = logging.getLogger("headrace.runner")
 
 OK_STATUSES = frozenset({"success", "unchanged"})
 
@@ -75,6 +78,7 @@ class Runner:
         settings: WriteSettings,
         source_names: dict[int, str] | None = None,
         listener: Listener | None = None,
+        lineage: Any = None,
     ) -> None:
         self.root = root
         self.tables = tables
@@ -85,6 +89,7 @@ class Runner:
         self.settings = settings
         self.source_names = source_names or {}
         self.listener = listener
+        self.lineage = lineage  # an observe.lineage.LineageEmitter, or None
         self._lock = threading.Lock()
 
     def run(self, names: Sequence[str], options: RunOptions, *, run_id: str | None = None) -> RunResult:
@@ -102,6 +107,7 @@ class Runner:
         )
         outcomes = {n: TaskOutcome(table=n) for n in order}
         status = "failed"
+        self._lineage(lambda e: e.run_event("START", run_id, command=options.command))
         try:
             self._schedule(run_id, order, outcomes, options)
             status = "success" if all(o.status in OK_STATUSES for o in outcomes.values()) else "failed"
@@ -113,6 +119,10 @@ class Runner:
             raise
         finally:
             self.store.finish_run(run_id, status)
+            failed = [o.table for o in outcomes.values() if o.status == "failed"]
+            end = {"success": "COMPLETE", "interrupted": "ABORT"}.get(status, "FAIL")
+            self._lineage(lambda e: e.run_event(end, run_id, command=options.command,
+                                                error=f"failed: {', '.join(failed)}" if failed else None))
         return RunResult(run_id=run_id, status=status, started_at=started, ended_at=_now(),
                          tasks=[outcomes[n] for n in order])
 
@@ -163,6 +173,31 @@ class Runner:
         outcome.started_at = _now()
         outcome.status = "running"
         self._emit(run_id, outcome, started_at=outcome.started_at)
+        self._lineage(lambda e: e.task_event("START", run_id, spec, logical_date=options.logical_date))
+        try:
+            self._attempts(run_id, name, task, outcome, options, policy)
+        finally:
+            if outcome.status in ("success", "unchanged", "failed"):
+                self._lineage(lambda e: self._task_end(e, run_id, spec, outcome, options))
+
+    def _task_end(self, emitter: Any, run_id: str, spec: TableSpec, outcome: TaskOutcome,
+                  options: RunOptions) -> None:
+        table = self.lake.open(spec.name) if self.lake.exists(spec.name) else None
+        checks = self.store.check_results(table=spec.name, run_id=run_id)
+        emitter.task_event("FAIL" if outcome.status == "failed" else "COMPLETE", run_id, spec,
+                           logical_date=options.logical_date, outcome=outcome, table=table, checks=checks)
+
+    def _lineage(self, send: Callable[[Any], None]) -> None:
+        """Lineage is reported, never in the way: an error building an event is logged."""
+        if self.lineage is None:
+            return
+        try:
+            send(self.lineage)
+        except Exception as exc:
+            log.warning("lineage: event not sent: %s", exc)
+
+    def _attempts(self, run_id: str, name: str, task: TableTask, outcome: TaskOutcome, options: RunOptions,
+                  policy: RetryPolicy) -> None:
         attempt = 0
         while True:
             attempt += 1

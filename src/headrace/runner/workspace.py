@@ -68,6 +68,15 @@ class Workspace:
                             optimize_write=spark.optimize_write, local_threshold=spark.local_threshold)
         return create_engine(self.config.engine, **settings)
 
+    def lineage(self) -> Any:
+        """The OpenLineage emitter of a run, when ``[lineage]`` is configured."""
+        if self.config.lineage is None:
+            return None
+        from headrace.observe.lineage import LineageEmitter
+
+        return LineageEmitter(self.config.lineage, project=self.config.name, root=self.config.root,
+                              lake_root=self.config.lake_root)
+
     def write_settings(self) -> WriteSettings:
         w = self.config.write
         return WriteSettings(
@@ -122,6 +131,7 @@ class Workspace:
                 settings=self.write_settings(),
                 source_names=self.source_names(),
                 listener=listener,
+                lineage=self.lineage(),
             )
             return runner.run(names, options)
         finally:
