@@ -115,6 +115,7 @@ class DuckDBSession:
         self._sources: dict[str, tuple[SourceSpec, list[Path], str]] = {}
         self._uncounted: list[str] = []  # CSV/JSON sources whose rows are counted from the profile
         self._validated: dict[str, tuple[str, Any, dict[str, str | None]]] = {}
+        self._binds = 0
 
     # ---- inputs -------------------------------------------------------------------------
     def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
@@ -466,6 +467,33 @@ class DuckDBSession:
     # ---- engine-side write modes (scd2) -----------------------------------------------
     def for_input(self, nbytes: int) -> DuckDBSession:
         return self
+
+    # ---- personal data (headrace.quality.pii) -------------------------------------------
+    def protect(self, relation: duckdb.DuckDBPyRelation, masks: Mapping[str, str],
+                key: str | None) -> duckdb.DuckDBPyRelation:
+        """The relation with its ``mask=`` columns protected."""
+        self._binds += 1
+        hidden = f"__hr_pii_{self._uid}_{self._binds}"
+        relation.create_view(hidden, replace=True)
+        return self.con.sql(self._protected_sql(hidden, list(relation.columns), masks, key))
+
+    def protect_view(self, name: str, masks: Mapping[str, str], key: str | None) -> None:
+        """Rebind the view ``name`` (a validated source) with its ``mask=`` columns protected."""
+        self._binds += 1
+        hidden = f"__hr_pii_{self._uid}_{self._binds}"
+        self.con.execute(f"ALTER VIEW {quote_ident(name)} RENAME TO {quote_ident(hidden)}")
+        columns = list(self.con.sql(f"SELECT * FROM {quote_ident(hidden)} LIMIT 0").columns)
+        self.con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS "
+                         f"{self._protected_sql(hidden, columns, masks, key)}")
+
+    @staticmethod
+    def _protected_sql(view: str, columns: Sequence[str], masks: Mapping[str, str], key: str | None) -> str:
+        from headrace.quality.pii import protect_sql
+
+        replaced = [f"{protect_sql(m, quote_ident(c), dialect='duckdb', key=key)} AS {quote_ident(c)}"
+                    for c, m in masks.items() if c in columns]
+        return f"SELECT * REPLACE ({', '.join(replaced)}) FROM {quote_ident(view)}" if replaced else \
+            f"SELECT * FROM {quote_ident(view)}"
 
     def bind_staged(self, staged: StagedResult, name: str) -> None:
         """A temp view ``name`` over the staged files, typed like :meth:`staged_rows` sees them."""

@@ -789,6 +789,19 @@ class SparkTaskSession:
     def bind_staged(self, staged: StagedResult, name: str) -> None:
         self._staged_frame(staged).createOrReplaceTempView(name)
 
+    # ---- personal data (headrace.quality.pii): the same values as on DuckDB -------------
+    def protect(self, frame: Any, masks: Mapping[str, str], key: str | None) -> Any:
+        from pyspark.sql import functions as F
+
+        from headrace.quality.pii import protect_sql
+
+        replaced = {c: F.expr(protect_sql(m, quote_spark(c), dialect="spark", key=key))
+                    for c, m in masks.items() if c in frame.columns}
+        return frame.withColumns(replaced) if replaced else frame
+
+    def protect_view(self, name: str, masks: Mapping[str, str], key: str | None) -> None:
+        self.protect(self.spark.table(quote_spark(name)), masks, key).createOrReplaceTempView(name)
+
     def column_types(self, name: str) -> dict[str, str]:
         """DuckDB's names for the column types of the view ``name`` (the SQL is DuckDB's)."""
         from headrace.engines.duckdb_engine import _duck_type

@@ -65,6 +65,13 @@ def replay(ws: Any, table: str, *, listener: Listener | None = None) -> ReplayRe
             f"table {name!r} has no contract on a single file source, so it has no quarantine to replay",
             hint="declare contract=hr.Contract(...) on a table that reads one source",
         )
+    masked = sorted(n for n, kind in spec.contract.columns.items() if kind.mask) if spec.contract else []
+    if masked:
+        raise DefinitionError(
+            f"table {name!r}: its quarantined records show *** for personal data ({', '.join(masked)}), "
+            "so replaying them would publish the stars",
+            hint="deliver the corrected source records again instead; the quarantine keeps the evidence",
+        )
     qname = quarantine_name(name)
     if not ws.lake.exists(qname):
         return ReplayResult(name, 0, 0, 0, None, 0)

@@ -30,6 +30,7 @@ from headrace.delta.writer import (
 )
 from headrace.engines.base import Engine, StagedResult, StageTarget
 from headrace.errors import DataQualityError, DefinitionError, SourceError
+from headrace.quality.pii import key_digest, masked_columns, pii_key
 from headrace.runner import audit
 from headrace.runner.incremental import IncrementalFiles, only_partitions
 from headrace.runner.inputs import AppendLedger, ResolvedInputs
@@ -211,7 +212,22 @@ class TableTask:
 
     def fingerprint(self, inputs: ResolvedInputs) -> str:
         ds = self.logical_date.isoformat() if self.logical_date else "-"
-        return combine([inputs.batch_id, self.spec.config_fingerprint(), ds])
+        parts = [inputs.batch_id, self.spec.config_fingerprint(), ds]
+        masks = masked_columns(self.spec.contract)
+        if "hash" in masks.values():  # another key, other hashes: the table is recomputed
+            parts.append(key_digest(pii_key(masks, table=self.spec.name)))
+        return combine(parts)
+
+    def _protect(self, session: Any, relation: Any = None, *, view: str | None = None) -> Any:
+        """Protect the contract's ``mask=`` columns in a validated relation or input view."""
+        masks = masked_columns(self.spec.contract)
+        if not masks:
+            return relation
+        key = pii_key(masks, table=self.spec.name)
+        if view is not None:
+            session.protect_view(view, masks, key)
+            return None
+        return session.protect(relation, masks, key)
 
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
@@ -419,6 +435,7 @@ class TableTask:
         workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=self._tmp_root()))
         self._workdirs.append(workdir)
         rows, bad = session.read_validated_source(key, item, batch, contract, source_name=name, workdir=workdir)
+        self._protect(session, view=key)
         from headrace.quality.contracts import (
             check_outcome,  # only tables with contracts pay for it
         )
@@ -444,6 +461,7 @@ class TableTask:
         workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-", dir=self._tmp_root()))
         self._workdirs.append(workdir)
         good, rows, bad = session.validate_result(self.spec, relation, contract, workdir=workdir)
+        good = self._protect(session, good)
         from headrace.quality.contracts import check_outcome
 
         try:

@@ -72,8 +72,12 @@ class ColumnType:
 
     ``key`` implies not null and unique within the batch. ``accepted`` lists the allowed
     values; ``min``/``max`` are inclusive bounds (Python values or ISO strings); ``regex`` must
-    fully match and ``max_length`` bounds the length (strings only). ``pii`` is a label kept
-    for later masking; it changes nothing today.
+    fully match and ``max_length`` bounds the length (strings only). ``pii`` labels personal
+    data (``"email"``, ``"name"``, ...); ``mask`` protects it (strings only): ``"hash"``
+    (keyed SHA-256 of the value, the same for the same value so joins still work; the key is
+    ``HEADRACE_PII_KEY``), ``"mask"`` (all but the last 4 characters starred) or ``"redact"``
+    (NULL). The rows a table reads hold the protected values, and a quarantined record shows
+    ``***`` in their place (see :mod:`headrace.quality.pii`).
     """
 
     sql_name: ClassVar[str] = ""
@@ -87,6 +91,7 @@ class ColumnType:
     regex: str | None = None
     max_length: int | None = None
     pii: str | None = None
+    mask: Literal["hash", "mask", "redact"] | None = None
 
     def __post_init__(self) -> None:
         if self.accepted is not None:
@@ -137,6 +142,15 @@ class ColumnType:
                 f"{where}: regex/max_length apply to String columns only",
                 hint="declare the column as String() or drop the option",
             )
+        if self.mask is not None:
+            if self.mask not in ("hash", "mask", "redact"):
+                raise DefinitionError(f"{where}: mask must be 'hash', 'mask' or 'redact', got {self.mask!r}")
+            if not self.textual:
+                raise DefinitionError(f"{where}: mask applies to String columns only",
+                                      hint="declare the personal data as String()")
+            if self.key and self.mask != "hash":
+                raise DefinitionError(f"{where}: a key column can only be masked with 'hash'",
+                                      hint="'mask' and 'redact' would make different keys equal")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
@@ -496,6 +510,7 @@ _COLUMN_OPTIONS: tuple[str, ...] = (
     "regex",
     "max_length",
     "pii",
+    "mask",
     "tz",
 )
 _CONTRACT_OPTIONS: tuple[str, ...] = ("columns", "on_violation", "max_quarantine_ratio", "schema")
@@ -632,7 +647,7 @@ def column_from_config(name: str, settings: Any, *, where: str = "") -> ColumnTy
     for flag in ("nullable", "key"):
         if flag in options and not isinstance(options[flag], bool):
             raise DefinitionError(f"{here}setting {flag!r} must be true or false, got {options[flag]!r}")
-    for text_option in ("regex", "pii"):
+    for text_option in ("regex", "pii", "mask"):
         if text_option in options and not isinstance(options[text_option], str):
             raise DefinitionError(f"{here}setting {text_option!r} must be a string, got {options[text_option]!r}")
     try:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from headrace.quality.contracts.casts import _python_text, cast_sql, literal_sql, lossy_sql
+from headrace.quality.pii import redact_raw_sql
 from headrace.sources.files import quote_ident, sql_string
 from headrace.spec.contracts import RESERVED_PREFIX, ColumnType, Contract
 
@@ -197,12 +198,20 @@ class ValidationPlan:
         cols = ", ".join(quote_ident(c) for c in self.columns)
         return f"SELECT {cols} FROM {validated} WHERE len(__hr_violations) = 0"
 
-    def quarantine_sql(self, validated: str) -> str:
-        """Bad rows as ``__hr_file, __hr_line, __hr_raw, __hr_violations``."""
-        return (
-            f"SELECT {', '.join(QUARANTINE_COLUMNS)} FROM {validated} "
-            "WHERE len(__hr_violations) > 0"
-        )
+    def quarantine_sql(self, validated: str, *, with_raw: bool = False) -> str:
+        """Bad rows as ``__hr_file, __hr_line, __hr_raw, __hr_violations``; with columns under
+        ``mask`` the raw text shows ``***`` for their values (``with_raw``: the raw text as
+        read, too, as ``__hr_raw_read``, for checks against the reader's hashes)."""
+        cols = list(QUARANTINE_COLUMNS)
+        if self.masked:
+            cols[cols.index("__hr_raw")] = "__hr_raw_shown AS __hr_raw"
+        if with_raw:
+            cols.append("__hr_raw AS __hr_raw_read")
+        return f"SELECT {', '.join(cols)} FROM {validated} WHERE len(__hr_violations) > 0"
+
+    @property
+    def masked(self) -> bool:
+        return any(kind.mask for kind in self.contract.columns.values())
 
     def counts_sql(self, validated: str) -> str:
         return split_counts_sql(validated)
@@ -331,9 +340,11 @@ def plan_validation(
     ]
     outputs.extend(quote_ident(x) for x in extras)
     bad = f"(__hr_error IS NOT NULL OR {any_bad})"
+    texts = {name: f"__hr_v{i}" for i, (name, kind) in enumerate(contract.columns.items()) if kind.mask}
+    shown = f"CASE WHEN {bad} THEN {redact_raw_sql('__hr_raw', texts)} END AS __hr_raw_shown, " if texts else ""
     sql = (
         f"SELECT {', '.join(outputs)}, __hr_file, __hr_line, "
-        f"CASE WHEN {bad} THEN __hr_raw END AS __hr_raw, "
+        f"CASE WHEN {bad} THEN __hr_raw END AS __hr_raw, {shown}"
         f"{violations} AS __hr_violations\nFROM ({flagged})"
     )
     return ValidationPlan(

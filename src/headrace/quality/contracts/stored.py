@@ -360,12 +360,12 @@ def store_rejects(
         else _ndjson_sql(spec, layout, lines=numbered, filtered=True)
     )
     plan = plan_validation(contract, f"({exact})", rows.fields, duplicates=duplicates if keys else None)
-    stored_rejects = copy_parquet(con, plan.quarantine_sql(f"({plan.sql})"), directory / "rejects")
+    stored_rejects = copy_parquet(con, plan.quarantine_sql(f"({plan.sql})", with_raw=True), directory / "rejects")
     con.execute(f"RESET VARIABLE {quote_ident(f'{name}_rejects')}")
-    found = con.execute(f"SELECT count(*), sum(hash(__hr_raw)::HUGEINT) FROM {stored_rejects}").fetchall()[0]
+    found = con.execute(f"SELECT count(*), sum(hash(__hr_raw_read)::HUGEINT) FROM {stored_rejects}").fetchall()[0]
     if found != (quarantined, check):
         return None
-    return f"SELECT * FROM {stored_rejects}", int(quarantined)
+    return f"SELECT {', '.join(QUARANTINE_COLUMNS)} FROM {stored_rejects}", int(quarantined)
 
 
 def _with_line_counts(
