@@ -141,6 +141,9 @@ def test_a_run_reports_its_jobs_datasets_versions_and_checks(make_project: Any, 
     totals_start, totals = by_job["shop.silver.totals"]
     assert totals_start["job"]["facets"]["sql"]["query"].startswith("select count(*)")  # the header is left out
     assert totals["inputs"][0]["name"] == str(root / "lake" / "bronze" / "orders")
+    # column lineage (sqlglot over the model): total from bronze.orders.amount; count(*) from no column
+    assert totals["outputs"][0]["facets"]["columnLineage"]["fields"] == {"total": {"inputFields": [
+        {"namespace": "file", "name": str(root / "lake" / "bronze" / "orders"), "field": "amount"}]}}
 
     broken = by_job["shop.gold.broken"][1]
     assert broken["eventType"] == "FAIL"

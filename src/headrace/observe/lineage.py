@@ -48,6 +48,7 @@ _FACETS = {  # facet key -> (schema file version, facet type)
     "processing_engine": ("1-1-1", "ProcessingEngineRunFacet"),
     "jobType": ("2-0-3", "JobTypeJobFacet"),
     "sql": ("1-1-0", "SQLJobFacet"),
+    "columnLineage": ("1-2-0", "ColumnLineageDatasetFacet"),
 }
 _HEADER = re.compile(r"^\s*/\*\s*headrace\b.*?\*/", re.DOTALL)
 
@@ -157,6 +158,9 @@ class LineageEmitter:
         schema = pa.schema(table.schema().to_arrow())
         output["facets"]["schema"] = facet("schema", fields=[{"name": f.name, "type": str(f.type)} for f in schema])
         output["facets"]["version"] = facet("version", datasetVersion=str(table.version()))
+        traced = self._column_lineage(spec, schema.names)
+        if traced:
+            output["facets"]["columnLineage"] = facet("columnLineage", fields=traced)
         if checks:
             output["facets"]["dataQualityAssertions"] = facet("dataQualityAssertions", assertions=[
                 {"assertion": c.name, "success": bool(c.passed)} for c in checks])
@@ -169,6 +173,52 @@ class LineageEmitter:
                                                                     rowCount=int(outcome.rows_quarantined))}
             outputs.append(quarantine)
         return outputs
+
+    def _column_lineage(self, spec: Any, columns: Sequence[str]) -> dict[str, Any]:
+        """Which input columns each output column of a SQL model is computed from, traced by
+        sqlglot over the model's query and its upstream tables' schemas (a column sqlglot cannot
+        trace, or computed from no column such as ``count(*)``, is left out)."""
+        query = getattr(spec.transform, "query", None)
+        if not isinstance(query, str):
+            return {}
+        from deltalake import DeltaTable
+        from sqlglot import exp, parse_one
+        from sqlglot.lineage import lineage
+
+        from headrace.spec.tables import TableRef
+
+        schemas: dict[str, dict[str, str]] = {}
+        datasets: dict[str, dict[str, Any]] = {}
+        for key, item in spec.inputs.items():
+            if not isinstance(item, TableRef):
+                continue
+            dataset = self._lake_dataset(item.name)
+            try:
+                fields = DeltaTable(dataset["name"]).schema().to_arrow()
+            except Exception:  # not built yet, or unreadable: nothing to trace against
+                continue
+            schemas[key] = {f.name: "VARCHAR" for f in fields}  # names are what lineage needs
+            datasets[key] = dataset
+        if not schemas:
+            return {}
+        parsed = parse_one(query, dialect="duckdb")
+        traced: dict[str, Any] = {}
+        for column in columns:
+            try:
+                node = lineage(column, parsed, schema=schemas, dialect="duckdb")
+            except Exception:  # sqlglot cannot trace this column; the others still are
+                continue
+            found = []
+            for leaf in node.walk():
+                if leaf.downstream or not isinstance(leaf.source, exp.Table) or leaf.source.name not in datasets:
+                    continue
+                source = datasets[leaf.source.name]
+                item = {"namespace": source["namespace"], "name": source["name"], "field": leaf.name.split(".")[-1]}
+                if item not in found:
+                    found.append(item)
+            if found:
+                traced[column] = {"inputFields": found}
+        return traced
 
     # ---- delivery -----------------------------------------------------------------------
     def _send(self, event: Mapping[str, Any]) -> None:
