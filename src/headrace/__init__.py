@@ -45,6 +45,7 @@ from headrace.spec.contracts import (
     Timestamp,
 )
 from headrace.spec.database import DatabaseSource, database
+from headrace.spec.kafka import KafkaSource, kafka
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec, ref
 from headrace.spec.write_modes import Append, Merge, Overwrite, OverwritePartitions, Scd2
@@ -70,6 +71,7 @@ __all__ = [
     "Int16",
     "Int32",
     "Int64",
+    "KafkaSource",
     "List",
     "Merge",
     "Overwrite",
@@ -88,6 +90,7 @@ __all__ = [
     "check",
     "database",
     "files",
+    "kafka",
     "ref",
     "table",
 ]

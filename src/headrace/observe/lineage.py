@@ -133,6 +133,7 @@ class LineageEmitter:
 
     def _input(self, item: Any) -> dict[str, Any]:
         from headrace.spec.database import DatabaseSource
+        from headrace.spec.kafka import KafkaSource
         from headrace.spec.sources import FileSource
         from headrace.spec.tables import TableRef
 
@@ -142,6 +143,8 @@ class LineageEmitter:
             return _dataset("file", str(_folder(self.root, item.path)))
         if isinstance(item, DatabaseSource):
             return _dataset(*database_dataset(item.url, item.table, item.query, root=self.root))
+        if isinstance(item, KafkaSource):  # OpenLineage naming: kafka://{first broker}, the topic
+            return _dataset(f"kafka://{item.bootstrap.split(',')[0].strip()}", item.topic)
         return _dataset(self.namespace, repr(item))
 
     def _lake_dataset(self, name: str) -> dict[str, Any]:

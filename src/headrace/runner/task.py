@@ -46,6 +46,7 @@ from headrace.sources.batches import (
 from headrace.sources.files import list_files
 from headrace.spec.context import RunContext
 from headrace.spec.database import DatabaseSource
+from headrace.spec.kafka import KafkaSource
 from headrace.spec.sources import FileSource
 from headrace.spec.tables import TableRef, TableSpec
 from headrace.spec.write_modes import (
@@ -143,6 +144,8 @@ class TableTask:
                                           known=known if self._file_state and key == self._file_state.key else None)
             elif isinstance(item, DatabaseSource):
                 batches[key] = self._read_database(key, item)
+            elif isinstance(item, KafkaSource):
+                batches[key] = self._read_kafka(key, item)
         batch_id = combine([self.spec.name, *(f"{k}={b.batch_id}" for k, b in sorted(batches.items()))])
         return ResolvedInputs(batches=batches, snapshots=snapshots, batch_id=batch_id)
 
@@ -177,6 +180,36 @@ class TableTask:
                  else combine([item.describe(), *(e.digest for e in entries)]))
         return InputBatch(kind="database", description=f"{read.rows:,} row(s) from {item.describe()}",
                           batch_id=ident, files=entries, rows=read.rows)
+
+    def _read_kafka(self, key: str, item: KafkaSource) -> InputBatch:
+        """Read a topic's messages after the offsets in the table's own Delta log; the new
+        offsets are committed with the rows they cover (exactly once, see spec.kafka)."""
+        from headrace.sources.kafka import dump_offsets, load_offsets, read_kafka
+
+        name = self._source_name(key, item)
+        since = load_offsets(self._recorded(f"offsets.{key}"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-kafka-", dir=self._tmp_root()))
+        self._workdirs.append(workdir)
+        read = read_kafka(item, since=since, target=workdir / key, source_name=name)
+        self._cursors[f"offsets.{key}"] = dump_offsets(read.offsets)
+        entries = tuple(
+            FileEntry(path=p, size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns, digest=file_digest(p))
+            for p in read.files
+        )
+        spans = ",".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(read.ranges.items()))
+        return InputBatch(kind="kafka", description=f"{read.messages:,} message(s) from {item.describe()}",
+                          batch_id=combine([item.topic, spans or f"none@{dump_offsets(since)}"]), files=entries,
+                          rows=read.messages)
+
+    def _recorded(self, meta_key: str) -> str | None:
+        """The newest value of ``meta_key`` this table committed (or None)."""
+        if not self.lake.exists(self.spec.name):
+            return None
+        for commit in self.lake.history(self.spec.name, 1000):
+            text = commit.metadata.get(meta_key)
+            if text:
+                return str(text)
+        return None
 
     def _watermark(self, key: str) -> Any:
         """The newest watermark this table committed for the input ``key`` (or None)."""
@@ -260,6 +293,9 @@ class TableTask:
         inputs = self.resolve_inputs()
         if self._cursors and all(b.kind == "database" and not b.rows for b in inputs.batches.values()):
             return TaskResult("unchanged", 0, None, None, None, "no new rows since the stored watermark")
+        if any(b.kind == "kafka" and not b.rows for b in inputs.batches.values()):
+            # a table over a topic is driven by its messages: no new ones, nothing to add
+            return TaskResult("unchanged", 0, None, None, None, "no new messages since the recorded offsets")
         app_ids: list[str] = []
         if self.full_refresh:
             return self._run(attempt, inputs, list(self.appends.ids(inputs).values())
@@ -349,6 +385,9 @@ class TableTask:
             if isinstance(item, DatabaseSource):
                 item = FileSource(path=str(batch.files[0].path.parent / "*.parquet"), format="parquet",
                                   name=self._source_name(key, self.spec.inputs[key]))
+            elif isinstance(item, KafkaSource):  # the messages of this run, one NDJSON file per partition
+                item = FileSource(path=str(batch.files[0].path.parent / "*.ndjson"), format="ndjson",
+                                  name=self._source_name(key, self.spec.inputs[key]))
             if isinstance(item, FileSource) and self.spec.validates_source:
                 rows, quarantined, dropped = self._validate_source(session, key, item, batch, inputs.batch_id,
                                                                    quarantine=quarantine)
@@ -411,7 +450,7 @@ class TableTask:
         """What this commit consumed, written with its data: database watermarks; for an
         append table its files (so a file that later changes can be recognised); for a table
         processing its files incrementally, every file it now holds and their partitions."""
-        meta = {f"cursor.{k}": v for k, v in self._cursors.items() if v is not None}
+        meta = {k if k.startswith("offsets.") else f"cursor.{k}": v for k, v in self._cursors.items() if v is not None}
         if isinstance(self.spec.write, Append):
             files = {self._rel(e.path): e.digest for b in inputs.batches.values() if b.kind == "files"
                      for e in b.files}

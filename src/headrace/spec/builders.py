@@ -13,6 +13,7 @@ from typing import Any
 
 from headrace.errors import DefinitionError
 from headrace.spec.database import DatabaseSource
+from headrace.spec.kafka import KafkaSource
 from headrace.spec.sources import FILE_FORMATS, Compression, FileFormat, FileSource
 from headrace.spec.tables import PythonTransform, TableInput, TableRef, TableSpec
 from headrace.spec.write_modes import WriteMode, write_mode_from_config
@@ -81,7 +82,7 @@ def _origin(fn: Callable[..., Any]) -> str:
 def _normalise_input(value: Any, *, where: str) -> TableInput:
     if isinstance(value, str):
         return TableRef(check_table_name(value, where=where))
-    if isinstance(value, TableRef | FileSource | DatabaseSource):
+    if isinstance(value, TableRef | FileSource | DatabaseSource | KafkaSource):
         return value
     raise DefinitionError(
         f"{where}input {value!r} is neither a source nor a table name",

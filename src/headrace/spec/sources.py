@@ -46,6 +46,7 @@ class FileSource:
 
 
 from headrace.spec.database import DatabaseSource  # noqa: E402  (defined after FileSource on purpose)
+from headrace.spec.kafka import KafkaSource  # noqa: E402
 
-SourceSpec = FileSource | DatabaseSource
-SOURCE_TYPES = (FileSource, DatabaseSource)
+SourceSpec = FileSource | DatabaseSource | KafkaSource
+SOURCE_TYPES = (FileSource, DatabaseSource, KafkaSource)

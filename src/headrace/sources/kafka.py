@@ -1,0 +1,123 @@
+"""Reading a Kafka topic's new messages into NDJSON files, one per partition.
+
+The partitions are assigned explicitly from the given offsets (no consumer group: nothing to
+join, nothing committed to Kafka) and read until every partition reports its end, the batch
+holds ``max_messages``, or nothing arrives for a while. A partition's file is named
+``<topic>-p<partition>-o<first offset>.ndjson`` and holds one message value per line, so a
+quarantined record names its partition and offset (offset = first offset + line - 1).
+confluent_kafka is imported here only, when a table reads a Kafka source.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headrace.errors import SourceError, TransientError
+from headrace.spec.kafka import KafkaSource
+
+INSTALL_HINT = "pip install 'headrace[kafka]'"
+_PARTITION_EOF = -191  # librdkafka's RD_KAFKA_RESP_ERR__PARTITION_EOF
+_IDLE_SECONDS = 5.0  # a partition silent this long (without an end-of-partition report) is done
+
+
+@dataclass
+class KafkaRead:
+    """One run's messages: files, the offsets to record, and how many were read."""
+
+    files: list[Path]
+    offsets: dict[int, int]  # partition -> next offset to read
+    messages: int
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) read
+
+
+def _client() -> Any:
+    try:
+        import confluent_kafka
+    except ImportError:
+        raise SourceError("Kafka sources need confluent-kafka, which is not installed", hint=INSTALL_HINT) from None
+    return confluent_kafka
+
+
+def dump_offsets(offsets: dict[int, int]) -> str:
+    return json.dumps({str(p): o for p, o in sorted(offsets.items())})
+
+
+def load_offsets(text: str | None) -> dict[int, int]:
+    return {int(p): int(o) for p, o in json.loads(text).items()} if text else {}
+
+
+def read_kafka(spec: KafkaSource, *, since: dict[int, int], target: Path, source_name: str) -> KafkaRead:
+    """Read every partition of the topic from ``since`` (else its earliest message) into ``target``."""
+    kafka = _client()
+    where = f"source {source_name!r}: {spec.describe()}"
+    settings = {**spec.client_config(), "group.id": f"headrace-{source_name}", "enable.auto.commit": False,
+                "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                "socket.timeout.ms": int(spec.timeout_seconds * 1000)}
+    try:
+        consumer = kafka.Consumer(settings)
+    except kafka.KafkaException as exc:
+        raise SourceError(f"{where}: {exc}", hint="check [config] of the source (librdkafka settings)") from exc
+    try:
+        partitions = _partitions(consumer, spec, where)
+        start = {p: since.get(p, kafka.OFFSET_BEGINNING) for p in partitions}
+        consumer.assign([kafka.TopicPartition(spec.topic, p, o) for p, o in start.items()])
+        values: dict[int, list[bytes]] = {p: [] for p in partitions}
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        done: set[int] = set()
+        count = 0
+        idle_since = time.monotonic()
+        deadline = time.monotonic() + max(spec.timeout_seconds, 1.0) * 10
+        while len(done) < len(partitions) and count < spec.max_messages:
+            batch = consumer.consume(min(10_000, spec.max_messages - count), timeout=0.5)
+            if not batch:
+                if time.monotonic() - idle_since > _IDLE_SECONDS or time.monotonic() > deadline:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for message in batch:
+                error = message.error()
+                if error is not None:
+                    if error.code() == _PARTITION_EOF:
+                        done.add(message.partition())
+                        continue
+                    if error.retriable():
+                        raise TransientError(f"{where}: {error.str()}")
+                    raise SourceError(f"{where}: {error.str()}", hint="check the topic and the brokers")
+                p = message.partition()
+                done.discard(p)
+                first.setdefault(p, message.offset())
+                last[p] = message.offset()
+                values[p].append(message.value() or b"null")
+                count += 1
+        offsets = {**since, **{p: o + 1 for p, o in last.items()}}
+    finally:
+        consumer.close()
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for p, lines in values.items():
+        if lines:
+            path = target / f"{spec.topic}-p{p}-o{first[p]}.ndjson"
+            path.write_bytes(b"\n".join(v.replace(b"\n", b" ") for v in lines) + b"\n")
+            files.append(path)
+    return KafkaRead(files=files, offsets=offsets, messages=count,
+                     ranges={p: (first[p], last[p]) for p in last})
+
+
+def _partitions(consumer: Any, spec: KafkaSource, where: str) -> list[int]:
+    kafka = _client()
+    try:
+        metadata = consumer.list_topics(spec.topic, timeout=spec.timeout_seconds)
+    except kafka.KafkaException as exc:
+        raise TransientError(f"{where}: brokers not reachable within {spec.timeout_seconds:g} s ({exc})",
+                             hint="check bootstrap and that the brokers run") from exc
+    topic = metadata.topics.get(spec.topic)
+    if topic is None or topic.error is not None or not topic.partitions:
+        detail = f" ({topic.error.str()})" if topic is not None and topic.error is not None else ""
+        raise SourceError(f"{where}: topic does not exist{detail}",
+                          hint="create the topic, or check its name and the brokers")
+    return sorted(topic.partitions)

