@@ -108,6 +108,53 @@ def run(
 
 
 @app.command()
+def stream(
+    select: SelectOpt = None,
+    interval: Annotated[str, typer.Option("--interval", "-i", help="Time between batch starts: '5s', '1m', ...")] = "10s",
+    max_batches: Annotated[int | None, typer.Option("--max-batches", min=1, help="Stop after this many batches.")]
+    = None,
+    engine: EngineOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the selection as micro-batches every --interval until SIGTERM/SIGINT (one run each)."""
+    from headrace.cli.render import out, print_json_line, styled
+    from headrace.project.config import parse_duration
+    from headrace.streaming.loop import Batch, MicroBatchLoop
+
+    try:
+        seconds = parse_duration(interval).total_seconds()
+    except ValueError:
+        raise typer.BadParameter(f"{interval!r} is not a duration; write '500ms', '5s', '1m' or '1h'",
+                                 param_hint="--interval") from None
+    ws = _workspace({"engine": engine})
+
+    def report(batch: Batch) -> None:
+        if as_json:
+            print_json_line(batch.to_json())
+            return
+        line = batch.to_json()
+        counts: dict[str, int] = {}
+        for status in line["tables"].values():
+            counts[status] = counts.get(status, 0) + 1
+        out.print(f"batch {batch.number} {batch.result.run_id}: ", styled(batch.result.status),
+                  f" in {line['seconds']:.2f}s ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; "
+                  f"{line['rows_out']:,} row(s) out, {line['rows_quarantined']:,} quarantined)")
+        for task in batch.result.tasks:
+            if task.status == "failed":
+                out.print(f"  {task.table}: {task.error}")
+        _alert(ws, batch.result)
+
+    try:
+        ws.select(select or [])  # an unknown name fails before the first batch
+        loop = MicroBatchLoop(lambda: ws.run(select or []), interval=seconds, max_batches=max_batches,
+                              on_batch=report)
+        batches = loop.run(handle_signals=True)
+    finally:
+        ws.close()
+    raise typer.Exit(0 if not batches or batches[-1].result.ok else 1)
+
+
+@app.command()
 def retry(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix) from `headrace runs`.")],
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1)] = None,

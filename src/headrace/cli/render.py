@@ -68,6 +68,12 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def print_json_line(data: Any) -> None:
+    """One JSON object per line (a stream of results a script reads as they come)."""
+    sys.stdout.write(json.dumps(data, default=_default) + "\n")
+    sys.stdout.flush()
+
+
 def styled(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from croniter import croniter
 
@@ -586,7 +586,7 @@ class Scheduler:
         """
         if stop is not None:
             self._stop = stop
-        restore = _install_signal_handlers(self) if handle_signals else None
+        restore = install_signal_handlers(self) if handle_signals else None
         try:
             while not self.stopping:
                 try:
@@ -612,7 +612,14 @@ class Scheduler:
             remaining -= 1.0
 
 
-def _install_signal_handlers(scheduler: Scheduler) -> Callable[[], None]:
+class Stoppable(Protocol):
+    @property
+    def stopping(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+def install_signal_handlers(scheduler: Stoppable) -> Callable[[], None]:
     """SIGTERM/SIGINT ask for a graceful stop; a second SIGINT raises KeyboardInterrupt."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 

@@ -1,0 +1,1 @@
+"""Streaming: the selected tables run as micro-batches, one run per batch (see ``loop``)."""
