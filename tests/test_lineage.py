@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +50,6 @@ select count(*) as n, sum(amount) as total from ref('bronze.orders')
 """
 
 
-@pytest.fixture
-def lineage_hook() -> Iterator[Hook]:
-    server = Hook()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-
-
 def _project(make_project: Any, lineage: str) -> Path:
     toml = 'name = "shop"\nlake = "lake"\nstate = "sqlite:///.headrace/state.db"\n' + lineage
     root = make_project({"pipelines/p.py": PIPE, "models/silver/totals.sql": MODEL,
@@ -88,15 +76,15 @@ def _facets_are_stamped(value: Any) -> None:
             _facets_are_stamped(item)
 
 
-def test_a_run_reports_its_jobs_datasets_versions_and_checks(make_project: Any, lineage_hook: Hook) -> None:
-    url = lineage_hook.url.split("/hook/")[0]
+def test_a_run_reports_its_jobs_datasets_versions_and_checks(make_project: Any, hook: Hook) -> None:
+    url = hook.url.split("/hook/")[0]
     root = _project(make_project, f'[lineage]\nurl = "{url}"\nendpoint = "/api/v1/lineage"\napi_key = "s3cret"\n'
                                   'file = ".headrace/lineage.ndjson"\nnamespace = "analytics"\n')
     result = run_project(root)
     assert result.status == "failed"  # gold.broken fails, gold.after_broken is skipped
     lines = (root / ".headrace/lineage.ndjson").read_text().splitlines()
     events = [json.loads(line) for line in lines]
-    posted = [r for r in lineage_hook.requests]
+    posted = [r for r in hook.requests]
     assert [r["body"] for r in posted] == events  # both transports got every event, in order
     assert {r["path"] for r in posted} == {"/api/v1/lineage"}
     assert {r["headers"]["Authorization"] for r in posted} == {"Bearer s3cret"}

@@ -26,9 +26,8 @@ from headrace.runner.scheduler import (
     latest_fire,
 )
 from headrace.runner.state import StateStore
-from test_alerts import Hook
 
-from conftest import BASE_TOML, cli, open_ws
+from conftest import BASE_TOML, Hook, cli, open_ws
 
 PIPE = '''
 import time
@@ -72,17 +71,6 @@ def at(text: str) -> datetime:
 
 def sched(cron: str, **kw: Any) -> ScheduleConfig:
     return ScheduleConfig(cron=cron, **kw)
-
-
-@pytest.fixture
-def hook():
-    server = Hook()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
 
 
 def _no_workspace():

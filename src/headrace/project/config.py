@@ -449,6 +449,16 @@ def _alert_kinds(value: Any) -> Any:
     return tuple(dict.fromkeys(check(item) for item in value))
 
 
+def _optional_http_url(value: str | None, *, shown: Callable[[str], str], hint: str) -> str | None:
+    """An http(s) URL, or None for an empty one (an unset ``${VAR:-}`` switches it off)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE):
+        raise _Invalid(f"{shown(value)!r} is not an http(s) URL", hint=hint)
+    return value
+
+
 class AlertsConfig(_Section):
     """``[alerts]``: where run failures, failed checks, breakers and SLA misses are sent."""
 
@@ -466,15 +476,8 @@ class AlertsConfig(_Section):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         """Empty (e.g. ``${SLACK_WEBHOOK_URL:-}`` unset) means "no webhook"."""
-        if value is None or not value.strip():
-            return None
-        value = value.strip()
-        if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE):
-            raise _Invalid(
-                f"{_mask_webhook(value)!r} is not an http(s) URL",
-                hint="write the full URL, e.g. 'https://hooks.slack.com/services/...'",
-            )
-        return value
+        return _optional_http_url(value, shown=_mask_webhook,
+                                  hint="write the full URL, e.g. 'https://hooks.slack.com/services/...'")
 
     @field_validator("command")
     @classmethod
@@ -503,12 +506,8 @@ class LineageConfig(_Section):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         """Empty (e.g. ``${OPENLINEAGE_URL:-}`` unset) means "no HTTP endpoint"."""
-        if value is None or not value.strip():
-            return None
-        value = value.strip()
-        if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE):
-            raise _Invalid(f"{value!r} is not an http(s) URL", hint="write the server's URL, e.g. 'http://marquez:5000'")
-        return value.rstrip("/")
+        url = _optional_http_url(value, shown=str, hint="write the server's URL, e.g. 'http://marquez:5000'")
+        return url.rstrip("/") if url else None
 
     @field_validator("file", "api_key", "namespace")
     @classmethod

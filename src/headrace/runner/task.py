@@ -215,13 +215,8 @@ class TableTask:
         """The newest watermark this table committed for the input ``key`` (or None)."""
         from headrace.sources.database import load_cursor
 
-        if not self.lake.exists(self.spec.name):
-            return None
-        for commit in self.lake.history(self.spec.name, 1000):
-            text = commit.metadata.get(f"cursor.{key}")
-            if text:
-                return load_cursor(text)
-        return None
+        text = self._recorded(f"cursor.{key}")
+        return load_cursor(text) if text else None
 
     def _source_name(self, key: str, item: Any) -> str:
         return item.name or self.source_names.get(id(item)) or f"{self.spec.name}.{key}"
