@@ -27,7 +27,11 @@ demo: $(STAMP)
 	$(BIN)/python $(DEMO)/generate.py --out $(DEMO)/data --day-two
 	$(BIN)/headrace --project $(DEMO) run
 	$(BIN)/headrace --project $(DEMO) query "select is_current, count(*) as versions from silver.dim_customers group by all order by all"
+	@echo "Compaction: a table with several small files in a partition gets one commit rewriting them (rows unchanged):"
+	$(BIN)/headrace --project $(DEMO) optimize
 	$(BIN)/headrace --project $(DEMO) runs --limit 5
+	@echo "OpenLineage events (jobs, datasets, versions, checks, column lineage) written to $(DEMO)/.headrace/lineage.ndjson:"
+	@wc -l < $(DEMO)/.headrace/lineage.ndjson
 
 # The same demo on Apache Spark local[2] (needs Java 17): same tables, same checks.
 demo-spark: $(STAMP)
