@@ -46,6 +46,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
+	$(BIN)/mypy src/headrace
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

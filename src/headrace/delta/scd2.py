@@ -412,8 +412,8 @@ class _Scd2Publish:
         self.session.bind_files(name, [(f.abs_path, f.partitions) for f in files], schema, self.partition_by)
         if not self.rehash:
             return name
-        cols = ", ".join(q(c) for c in [*self.inputs, *SCD2_COLUMNS, "__hr_f", "__hr_r"] if c != ROW_HASH)
-        self.session.bind_hashed(f"{name}r", f"SELECT {cols} FROM {name}", self._hash_sql(), ROW_HASH)
+        listed = ", ".join(q(c) for c in [*self.inputs, *SCD2_COLUMNS, "__hr_f", "__hr_r"] if c != ROW_HASH)
+        self.session.bind_hashed(f"{name}r", f"SELECT {listed} FROM {name}", self._hash_sql(), ROW_HASH)
         return f"{name}r"
 
     # ---- the change set ----------------------------------------------------------------

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -380,22 +380,22 @@ def _check_schema(req: PublishRequest, table: DeltaTable, *, mode: str) -> bool:
     )
 
 
-def _evolve(lake: Lake, req: PublishRequest, *, mode: str, predicate: str | None = None,
+def _evolve(lake: Lake, req: PublishRequest, *, mode: Literal["append", "overwrite"], predicate: str | None = None,
             app_ids: list[str] | None = None) -> None:
-    """A commit that adds columns: deltalake's writer merges the schema in the same commit."""
+    """A commit that adds columns: deltalake's writer merges the schema in the same commit
+    (an overwrite replaces only the rows ``predicate`` matches)."""
     from deltalake import write_deltalake
 
-    write_deltalake(
-        str(lake.path(req.spec.name)),
-        req.session.staged_reader(req.staged),
-        mode=mode,  # type: ignore[arg-type]
-        predicate=predicate,
-        schema_mode="merge",
-        partition_by=list(req.spec.partition_by) or None,
-        target_file_size=req.settings.target_file_size,
-        writer_properties=writer_properties(req.settings),
-        commit_properties=_commit_properties(req, app_ids=app_ids),
-    )
+    target, rows = str(lake.path(req.spec.name)), req.session.staged_reader(req.staged)
+    options: dict[str, Any] = {
+        "schema_mode": "merge", "partition_by": list(req.spec.partition_by) or None,
+        "target_file_size": req.settings.target_file_size, "writer_properties": writer_properties(req.settings),
+        "commit_properties": _commit_properties(req, app_ids=app_ids),
+    }
+    if mode == "overwrite":
+        write_deltalake(target, rows, mode="overwrite", predicate=predicate, **options)
+    else:
+        write_deltalake(target, rows, mode="append", **options)
 
 
 def _partition_predicate(req: PublishRequest) -> str:

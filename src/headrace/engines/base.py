@@ -134,6 +134,16 @@ class EngineSession(Protocol):
     def bind_staged(self, staged: StagedResult, name: str) -> None:
         """Expose the staged rows (partition columns included) as the relation ``name``."""
 
+    def column_types(self, name: str) -> dict[str, str]:
+        """DuckDB's type names of the columns of the relation ``name`` (the SQL is DuckDB's)."""
+
+    def bind_hashed(self, name: str, sql: str, hash_sql: str, column: str) -> None:
+        """Bind ``name`` to ``sql``'s rows with ``column`` = ``hash_sql`` computed by DuckDB."""
+
+    def bind_files(self, name: str, files: Sequence[tuple[str, Mapping[str, str | None]]], schema: pa.Schema,
+                   partition_by: Sequence[str]) -> None:
+        """Bind ``name`` to a table's files with ``__hr_f`` (file) and ``__hr_r`` (row in file)."""
+
     def run_sql(self, sql: str) -> list[tuple[Any, ...]]:
         """Run engine SQL over the session's relations; return its (small) result."""
 

@@ -121,6 +121,8 @@ class DuckDBSession:
     def read_source(self, key: str, spec: SourceSpec, batch: InputBatch, *, source_name: str) -> int | None:
         """Bind the source as a lazy view: files are parsed once, while the result streams to
         Parquet, so memory does not grow with the input. Row count only where it is free."""
+        if not isinstance(spec, FileSource):  # database and Kafka batches arrive as files
+            raise EngineError(f"source {source_name!r}: only file sources reach the engine directly")
         files = [e.path for e in batch.files]
         self._sources[key] = (spec, files, source_name)
         try:
@@ -183,6 +185,8 @@ class DuckDBSession:
         Returns ``(records read, records violating the contract)``."""
         from headrace.quality.contracts import store_validated
 
+        if not isinstance(spec, FileSource):  # database and Kafka batches arrive as files
+            raise EngineError(f"source {source_name!r}: only file sources reach the engine directly")
         files = [e.path for e in batch.files]
         self._sources[key] = (spec, files, source_name)
         try:

@@ -122,7 +122,8 @@ class SparkEngine:
         self.start_timeout = start_timeout
         self.optimize_write = optimize_write
         self.local_threshold = local_threshold
-        self._local_settings = {"memory_limit": memory_limit, "threads": threads, "temp_directory": temp_directory}
+        self._local_settings: dict[str, Any] = {"memory_limit": memory_limit, "threads": threads,
+                                                "temp_directory": temp_directory}
         self._local: Any = None
         self._lock = threading.Lock()
 

@@ -62,7 +62,7 @@ def audit_to_spark_sql(sql: str) -> str:
     def spark(node: exp.Expression) -> str:
         return node.sql(dialect="spark")
 
-    def simple(node: exp.Expression) -> exp.Expression:
+    def simple(node: exp.Expression) -> exp.Expr:
         if isinstance(node, exp.Anonymous) and node.name.upper() == "EPOCH_NS":
             return sqlglot.parse_one(f"UNIX_MICROS(CAST({spark(node.expressions[0])} AS TIMESTAMP_LTZ)) * 1000",
                                      read="spark")
@@ -82,7 +82,7 @@ def audit_to_spark_sql(sql: str) -> str:
 
     tree = tree.transform(simple)
 
-    def samples(node: exp.Expression) -> exp.Expression:
+    def samples(node: exp.Expression) -> exp.Expr:
         if not (isinstance(node, exp.Filter) and isinstance(node.this, exp.ArgMin | exp.ArgMax)
                 and node.this.args.get("count") is not None):
             return node

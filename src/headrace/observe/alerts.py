@@ -341,8 +341,7 @@ class AlertSender:
                 raise _Retry(message, exc.code) from None
             raise _GiveUp(message, exc.code) from None
         except (urllib.error.URLError, OSError) as exc:  # refused, DNS, timeout, reset
-            reason = getattr(exc, "reason", None) or exc
-            raise _Retry(f"cannot reach webhook: {reason}") from None
+            raise _Retry(f"cannot reach webhook: {getattr(exc, 'reason', None) or exc}") from None
 
     def _command(self, config: AlertsConfig, alert: Alert, body: bytes) -> int:
         assert config.command is not None

@@ -184,6 +184,7 @@ class LineageEmitter:
         query = getattr(spec.transform, "query", None)
         if not isinstance(query, str):
             return {}
+        import pyarrow as pa
         from deltalake import DeltaTable
         from sqlglot import exp, parse_one
         from sqlglot.lineage import lineage
@@ -197,7 +198,7 @@ class LineageEmitter:
                 continue
             dataset = self._lake_dataset(item.name)
             try:
-                fields = DeltaTable(dataset["name"]).schema().to_arrow()
+                fields = pa.schema(DeltaTable(dataset["name"]).schema().to_arrow())
             except Exception:  # not built yet, or unreadable: nothing to trace against
                 continue
             schemas[key] = {f.name: "VARCHAR" for f in fields}  # names are what lineage needs

@@ -137,7 +137,7 @@ AlertKind = Literal["run_failed", "check_failed", "quarantine_breaker", "sla_mis
 ENGINES: tuple[str, ...] = get_args(Engine)
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 CATCHUPS: tuple[str, ...] = get_args(CatchUp)
-ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 # Level ranges the Delta writer accepts; other codecs have no level.
 _LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9)}
 

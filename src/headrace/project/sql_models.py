@@ -219,7 +219,7 @@ def _tokenize(body: str, path: Path) -> list[Token]:
         ) from None
 
 
-def _parse(body: str, path: Path) -> exp.Expression:
+def _parse(body: str, path: Path) -> exp.Query:
     """Parse exactly one query statement, with file-relative error positions."""
     try:
         statements = sqlglot.parse(body, dialect=DIALECT)
@@ -267,7 +267,7 @@ class _Binder:
     sources: Mapping[str, SourceSpec]
     inputs: dict[str, TableInput]
 
-    def bind(self, tree: exp.Expression) -> exp.Expression:
+    def bind(self, tree: exp.Expr) -> exp.Expr:
         calls = [node for node in tree.find_all(exp.Anonymous) if node.name.lower() in _CALLS]
         for call in calls:
             self._replace(call)

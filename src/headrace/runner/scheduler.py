@@ -557,7 +557,10 @@ class Scheduler:
                 and (finished := _parse(value)) is not None and finished <= deadline
                 for key, value in (record.get("successes") or {}).items()
             )
-            self.state.update(name, lambda r, i=interval: r.update(deadline_checked=_iso(i)))
+            def mark(record: dict[str, Any], checked: str | None = _iso(interval)) -> None:
+                record.update(deadline_checked=checked)
+
+            self.state.update(name, mark)
             if met:
                 continue
             log.warning("schedule %s: interval %s missed its deadline %s",

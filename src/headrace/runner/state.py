@@ -925,9 +925,10 @@ class StateStore:
             store = cls(target)
         else:
             store = cls(target, engine=_postgres_engine(target))
+        errors: tuple[type[BaseException], ...] = (*store._driver_errors(), OSError)
         try:
             store._create_schema()
-        except (*store._driver_errors(), OSError) as exc:
+        except errors as exc:
             store.close()
             raise _open_error(target, exc) from exc
         return store
@@ -1226,7 +1227,8 @@ class StateStore:
         self, *, table: str | None = None, run_id: str | None = None, limit: int = 200
     ) -> list[CheckRecord]:
         """Check results, newest first; filtered by table and/or run."""
-        where, params = [], {"limit": limit}
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit}
         if table is not None:
             where.append("table_name = :table")
             params["table"] = table

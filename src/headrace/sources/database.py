@@ -224,6 +224,7 @@ def dump_cursor(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         raise TypeError("a boolean cannot be a cursor value")
+    text: str | int | float
     if isinstance(value, datetime):
         kind, text = "timestamp", value.isoformat()
     elif isinstance(value, date):
@@ -362,6 +363,7 @@ def _plan_cursor(
             hint="use a timestamp, date, integer, decimal or text column as cursor=",
         )
     coerced = coerce_cursor(since, kind, where=where)
+    assert not isinstance(spec.lookback, str), "DatabaseSource parses a text lookback when it is created"
     return coerced, lower_bound(coerced, spec.lookback, kind, where=where)
 
 
@@ -644,7 +646,7 @@ _ZERO_DATE = "0000-00-00"
 
 
 def _my_error(exc: BaseException, spec: DatabaseSource, where: str, *, connecting: bool = False) -> Exception:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     code = args[0] if args and isinstance(args[0], int) else None
     message = str(args[1]) if len(args) > 1 else str(exc)
     url = mask_url(spec.url)

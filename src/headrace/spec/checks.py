@@ -51,12 +51,15 @@ Scalar = str | int | float | Decimal | bool | date | datetime
 Bound = int | float | Decimal | date | datetime | str
 
 
-class CheckOptions(TypedDict, total=False):
-    """Keyword options every check constructor accepts."""
-
+class _Limits(TypedDict, total=False):
     severity: Severity
     max_failures: int
     max_fail_ratio: float | None
+
+
+class CheckOptions(_Limits, total=False):
+    """Keyword options every check constructor accepts."""
+
     name: str | None
 
 
@@ -595,7 +598,7 @@ def freshness(column: str, *, max_age: str | timedelta, **options: Unpack[CheckO
     return Freshness(column=column, max_age=max_age, **_common("freshness", options))  # type: ignore[arg-type]
 
 
-def expression(sql: str, *, name: str, **options: Unpack[CheckOptions]) -> Expression:
+def expression(sql: str, *, name: str, **options: Unpack[_Limits]) -> Expression:
     """Every row satisfies a SQL predicate: ``expression("amount >= 0", name="non_negative")``."""
     return Expression(sql=sql, name=name or "", **_common("expression", options))
 

@@ -17,7 +17,7 @@ import re
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NoReturn
 
 from headrace.errors import DefinitionError
 from headrace.spec._names import did_you_mean
@@ -534,7 +534,7 @@ class _TypeParser:
             pos = match.end()
         self.pos = 0
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str) -> NoReturn:
         raise DefinitionError(
             f"{self.where}type {self.text!r}: {why}",
             hint=f"valid types: {', '.join(_TYPE_NAMES)}",
@@ -548,7 +548,7 @@ class _TypeParser:
         if token is None or (expected is not None and token != expected):
             self.fail(f"expected {expected or 'more'} but found {token or 'the end'}")
         self.pos += 1
-        return token  # type: ignore[return-value]
+        return token
 
     def parse(self) -> ColumnType:
         kind = self.parse_type()
@@ -592,7 +592,7 @@ class _TypeParser:
             self.fail(f"unknown type {name!r}.{did_you_mean(name, _SIMPLE_TYPES)}")
         if name == "timestamptz":
             return Timestamp(tz="UTC")
-        return factory()  # type: ignore[misc]
+        return factory()
 
     def number(self) -> int:
         token = self.take()

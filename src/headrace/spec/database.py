@@ -89,7 +89,7 @@ class DatabaseSource:
     table: str | None = None
     query: str | None = None
     cursor: str | None = None
-    lookback: timedelta | int | None = None
+    lookback: str | timedelta | int | None = None  # a str is parsed into a timedelta at creation
     chunk_rows: int = 100_000
     name: str | None = None
 

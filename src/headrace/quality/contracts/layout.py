@@ -208,8 +208,7 @@ def probe_layout(
             f"DESCRIBE SELECT * FROM read_parquet({file_list}, union_by_name=true)"
         ).fetchall()
         types = tuple((str(r[0]), str(r[1])) for r in described)
-        names = tuple(n for n, _ in types)
-        return RawLayout(probes=(), fields=names, parquet_types=types)
+        return RawLayout(probes=(), fields=tuple(n for n, _ in types), parquet_types=types)
     probes = probe_files(spec, [Path(p) for p in files], count_lines=count_lines)
     fallback: dict[Path, Path] = {}
     for i, probe in enumerate(probes):
