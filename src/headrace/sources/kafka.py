@@ -11,6 +11,7 @@ confluent_kafka is imported here only, when a table reads a Kafka source.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from headrace.errors import SourceError, TransientError
 from headrace.spec.kafka import KafkaSource
 
 INSTALL_HINT = "pip install 'headrace[kafka]'"
+_CLIENT_LOG = logging.getLogger("headrace.kafka.client")
+_CLIENT_LOG.setLevel(logging.CRITICAL)
+_CLIENT_LOG.propagate = False
 _PARTITION_EOF = -191  # librdkafka's RD_KAFKA_RESP_ERR__PARTITION_EOF
 _IDLE_SECONDS = 5.0  # a partition silent this long (without an end-of-partition report) is done
 
@@ -58,7 +62,9 @@ def read_kafka(spec: KafkaSource, *, since: dict[int, int], target: Path, source
                 "enable.partition.eof": True, "auto.offset.reset": "earliest",
                 "socket.timeout.ms": int(spec.timeout_seconds * 1000)}
     try:
-        consumer = kafka.Consumer(settings)
+        # librdkafka's own log lines (a refused connection, every retry) go to a quiet logger:
+        # the run reports what went wrong in one line (``--debug``-level logging shows them)
+        consumer = kafka.Consumer(settings, logger=_CLIENT_LOG)
     except kafka.KafkaException as exc:
         raise SourceError(f"{where}: {exc}", hint="check [config] of the source (librdkafka settings)") from exc
     try:
