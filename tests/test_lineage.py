@@ -179,3 +179,18 @@ def test_a_query_source_is_named_by_its_database_and_text() -> None:
     assert one[0] == "postgres://db:5432" and one[1].startswith("shop.query_")
     assert one == database_dataset("postgresql://db/shop", None, "select 1", root=Path("/p"))
     assert one != database_dataset("postgresql://db/shop", None, "select 2", root=Path("/p"))
+
+
+def test_a_backfill_date_is_the_runs_nominal_time(make_project: Any) -> None:
+    import datetime as dt
+
+    root = make_project({
+        "pipelines/p.py": 'import headrace as hr\n'
+                          '@hr.table("gold.day", write="overwrite")\n'
+                          'def day(ctx):\n    return f"SELECT DATE \'{ctx.ds}\' AS d"\n',
+    }, toml='name = "d"\nlake = "lake"\nstate = "sqlite:///.headrace/state.db"\n[lineage]\nfile = "l.ndjson"\n')
+    assert run_project(root, logical_date=dt.date(2026, 1, 31)).ok
+    events = [json.loads(line) for line in (root / "l.ndjson").read_text().splitlines()]
+    table = [e for e in events if e["job"]["name"] == "d.gold.day"]
+    assert [e["eventType"] for e in table] == ["START", "COMPLETE"]
+    assert {e["run"]["facets"]["nominalTime"]["nominalStartTime"] for e in table} == {"2026-01-31T00:00:00Z"}
