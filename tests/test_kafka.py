@@ -72,14 +72,14 @@ def _topic(broker: str, name: str, partitions: int = 2) -> None:
         future.result(15)
 
 
-def _produce(broker: str, topic: str, values: list[Any]) -> None:
+def _produce(broker: str, topic: str, values: list[Any], *, keyed: bool = False) -> None:
     """Messages round-robin over two partitions (an idempotent producer: each exactly once)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": broker, "enable.idempotence": True})
     for i, value in enumerate(values):
         data = value if isinstance(value, bytes) else json.dumps(value).encode()
-        producer.produce(topic, value=data, partition=i % 2)
+        producer.produce(topic, value=data, partition=i % 2, key=f"k{i}" if keyed else None)
     assert producer.flush(15) == 0
 
 
@@ -182,3 +182,18 @@ def test_kafka_source_on_spark(make_project: Any, broker: str) -> None:
     assert (result.tasks[0].rows_out, result.tasks[0].rows_quarantined) == (5, 1)
     assert sorted(r["id"] for r in read_table(root, "bronze.events")) == [1, 2, 3, 4, 5]
     assert _offsets(root) == {"0": 3, "1": 3}
+
+
+def test_metadata_columns_name_each_message(make_project: Any, broker: str) -> None:
+    _topic(broker, "meta")
+    _produce(broker, "meta", [_event(1), _event(2), {}, _event(4)], keyed=True)
+    pipe = ('import headrace as hr\n'
+            f'src = hr.kafka("meta", bootstrap="{broker}", timeout_seconds=10, metadata=True)\n'
+            '@hr.table("bronze.meta", source=src, write="append")\n'
+            'def meta(raw):\n    return raw\n')
+    root = make_project({"pipelines/p.py": pipe}, name="meta")
+    assert run_project(root).ok
+    rows = sorted(read_table(root, "bronze.meta"), key=lambda r: (r["_kafka_partition"], r["_kafka_offset"]))
+    assert [(r["_kafka_partition"], r["_kafka_offset"], r["_kafka_key"], r["id"]) for r in rows] == [
+        (0, 0, "k0", 1), (0, 1, "k2", None), (1, 0, "k1", 2), (1, 1, "k3", 4)]
+    assert all(r["_kafka_timestamp"] > 1_700_000_000_000 for r in rows)  # epoch milliseconds

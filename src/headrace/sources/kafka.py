@@ -98,7 +98,8 @@ def read_kafka(spec: KafkaSource, *, since: dict[int, int], target: Path, source
                 done.discard(p)
                 first.setdefault(p, message.offset())
                 last[p] = message.offset()
-                values[p].append(message.value() or b"null")
+                value = message.value() or b"null"
+                values[p].append(_with_metadata(value, message) if spec.metadata else value)
                 count += 1
         offsets = {**since, **{p: o + 1 for p, o in last.items()}}
     finally:
@@ -112,6 +113,21 @@ def read_kafka(spec: KafkaSource, *, since: dict[int, int], target: Path, source
             files.append(path)
     return KafkaRead(files=files, offsets=offsets, messages=count,
                      ranges={p: (first[p], last[p]) for p in last})
+
+
+def _with_metadata(value: bytes, message: Any) -> bytes:
+    """A JSON object's text with the message's partition, offset, timestamp and key spliced in
+    first (no parse of the value: a value that is no object is left as it is, and quarantined)."""
+    body = value.lstrip()
+    if not body.startswith(b"{"):
+        return value
+    key = message.key()
+    stamp = message.timestamp()[1]
+    fields = (f'{{"_kafka_partition":{message.partition()},"_kafka_offset":{message.offset()},'
+              f'"_kafka_timestamp":{stamp if stamp >= 0 else "null"},'
+              f'"_kafka_key":{json.dumps(key.decode("utf-8", "replace")) if key is not None else "null"}').encode()
+    rest = body[1:].lstrip()
+    return fields + (b"}" if rest.startswith(b"}") else b"," + rest)
 
 
 def _partitions(consumer: Any, spec: KafkaSource, where: str) -> list[int]:

@@ -23,7 +23,10 @@ class KafkaSource:
     JSON objects (``format="json"``), read as NDJSON records, so a contract validates them and
     quarantines what breaks it (the dead-letter table) with its partition and offset in the
     record's file and line. ``config``: any librdkafka setting (``security.protocol``,
-    ``sasl.mechanism``, ...). ``timeout_seconds`` bounds a run's wait for the brokers."""
+    ``sasl.mechanism``, ...). ``timeout_seconds`` bounds a run's wait for the brokers.
+    ``metadata=True`` adds ``_kafka_partition``, ``_kafka_offset``, ``_kafka_timestamp`` (epoch
+    milliseconds) and ``_kafka_key`` (text, or null) to every record (a contract must allow
+    them: declare them, or keep ``schema="evolve"``)."""
 
     kind: ClassVar[str] = "kafka"
     topic: str
@@ -32,6 +35,7 @@ class KafkaSource:
     max_messages: int = 1_000_000
     timeout_seconds: float = 30.0
     config: tuple[tuple[str, str], ...] = field(default=())
+    metadata: bool = False
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,6 +68,7 @@ def kafka(
     max_messages: int = 1_000_000,
     timeout_seconds: float = 30.0,
     config: Mapping[str, str] | None = None,
+    metadata: bool = False,
     name: str | None = None,
 ) -> KafkaSource:
     """Declare a Kafka topic as a source (see :class:`KafkaSource`).
@@ -72,4 +77,5 @@ def kafka(
     "kafka topic 'orders' at broker:9092"
     """
     return KafkaSource(topic=topic, bootstrap=bootstrap, format=format, max_messages=max_messages,
-                       timeout_seconds=timeout_seconds, config=tuple(sorted((config or {}).items())), name=name)
+                       timeout_seconds=timeout_seconds, config=tuple(sorted((config or {}).items())),
+                       metadata=metadata, name=name)
