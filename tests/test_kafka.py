@@ -197,3 +197,34 @@ def test_metadata_columns_name_each_message(make_project: Any, broker: str) -> N
     assert [(r["_kafka_partition"], r["_kafka_offset"], r["_kafka_key"], r["id"]) for r in rows] == [
         (0, 0, "k0", 1), (0, 1, "k2", None), (1, 0, "k1", 2), (1, 1, "k3", 4)]
     assert all(r["_kafka_timestamp"] > 1_700_000_000_000 for r in rows)  # epoch milliseconds
+
+
+def test_dead_letter_topic_gets_each_rejected_message(make_project: Any, broker: str) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    _topic(broker, "orders2")
+    _topic(broker, "orders2.dlq", partitions=1)
+    _produce(broker, "orders2", [_event(1), b'{"id": 2, "kind": ', _event(3), _event(4) | {"kind": "refund"}])
+    pipe = PIPE.format(topic="orders2", broker=broker).replace(
+        "timeout_seconds=10", 'timeout_seconds=10, dead_letter_topic="orders2.dlq"')
+    root = make_project({"pipelines/p.py": pipe}, name="dlq")
+    assert run_project(root, "bronze.events").ok
+    assert run_project(root, "bronze.events").tasks[0].status == "unchanged"  # nothing sent twice
+
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": "check", "enable.partition.eof": True})
+    consumer.assign([TopicPartition("orders2.dlq", 0, 0)])
+    letters, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is None:
+            continue
+        if message.error():
+            break  # the end of the partition
+        letters.append((message.key().decode(), message.value().decode(), dict(message.headers())))
+    consumer.close()
+    assert sorted(k for k, _, _ in letters) == ["orders2:1:0", "orders2:1:1"]  # topic:partition:offset
+    by_key = {k: (v, h) for k, v, h in letters}
+    assert by_key["orders2:1:0"][0] == '{"id": 2, "kind": '  # the message as it came
+    refund = by_key["orders2:1:1"][1]
+    assert [e["rule"] for e in json.loads(refund["headrace.errors"])] == ["accepted"]
+    assert (refund["headrace.table"], refund["headrace.offset"]) == (b"bronze.events", b"1")

@@ -7,7 +7,7 @@ input batch (a Delta app transaction), so re-running a batch never duplicates it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -54,10 +54,14 @@ def append_quarantine(
     batch_id: str,
     rows: pa.RecordBatchReader,
     count: int,
+    publish_first: Callable[[pa.Table], None] | None = None,
 ) -> QuarantineWrite:
     """Append rejected records, already shaped as :data:`SCHEMA` (see :func:`select_sql`).
 
     Idempotent per input batch: a batch whose rejects are already stored is not appended again.
+    ``publish_first`` gets the rejects before they are committed (a dead-letter topic): a
+    failure there leaves the batch unquarantined, so the next attempt sends them again (at
+    least once), and a batch already quarantined is not sent again.
     """
     name = quarantine_name(table)
     app_id = f"headrace:{name}:{batch_id}"
@@ -65,9 +69,13 @@ def append_quarantine(
     if lake.exists(name) and DeltaTable(str(path)).transaction_version(app_id) is not None:
         return QuarantineWrite(None, 0, skipped="already quarantined for this input batch")
     path.mkdir(parents=True, exist_ok=True)
+    data: pa.RecordBatchReader | pa.Table = rows
+    if publish_first is not None:  # rejects are few: held once, sent, then written
+        data = rows.read_all()
+        publish_first(data)
     write_deltalake(
         str(path),
-        rows,
+        data,
         mode="append",
         commit_properties=CommitProperties(
             custom_metadata={f"{META_PREFIX}run_id": run_id, f"{META_PREFIX}batch_id": batch_id,

@@ -513,11 +513,21 @@ class TableTask:
         return good, rows, 0, 0
 
     def _quarantine(self, session: Any, key: str, batch_id: str, count: int) -> None:
-        if count:
-            append_quarantine(
-                self.lake, table=self.spec.name, run_id=self.run_id, batch_id=batch_id,
-                rows=session.quarantine_reader(key, table=self.spec.name, run_id=self.run_id), count=count,
-            )
+        if not count:
+            return
+        item = self.spec.inputs.get(key)
+        publish_first = None
+        if isinstance(item, KafkaSource) and item.dead_letter_topic:
+            from headrace.sources.kafka import send_dead_letters
+
+            def publish_first(rejects: Any, source: KafkaSource = item) -> None:
+                send_dead_letters(source, rejects, table=self.spec.name)
+
+        append_quarantine(
+            self.lake, table=self.spec.name, run_id=self.run_id, batch_id=batch_id,
+            rows=session.quarantine_reader(key, table=self.spec.name, run_id=self.run_id), count=count,
+            publish_first=publish_first,
+        )
 
     def _tmp_root(self) -> Path:
         root = self.root / ".headrace" / "tmp"

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from headrace.errors import SourceError, TransientError
 from headrace.spec.kafka import KafkaSource
@@ -143,3 +146,34 @@ def _partitions(consumer: Any, spec: KafkaSource, where: str) -> list[int]:
         raise SourceError(f"{where}: topic does not exist{detail}",
                           hint="create the topic, or check its name and the brokers")
     return sorted(topic.partitions)
+
+
+_FILE = re.compile(r"-p(\d+)-o(\d+)\.ndjson$")
+
+
+def send_dead_letters(spec: KafkaSource, rejects: pa.Table, *, table: str) -> None:
+    """Produce quarantined records to ``spec.dead_letter_topic`` and wait until the brokers
+    have them all (a failure is transient: the batch is quarantined only after this)."""
+    kafka = _client()
+    assert spec.dead_letter_topic is not None
+    producer = kafka.Producer({**spec.client_config(), "enable.idempotence": True}, logger=_CLIENT_LOG)
+    failures: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(error.str())
+
+    for row in rejects.select(["source_file", "source_line", "raw_record", "errors"]).to_pylist():
+        found = _FILE.search(row["source_file"] or "")
+        partition, offset = (int(found[1]), int(found[2]) + int(row["source_line"]) - 1) if found else (-1, -1)
+        headers = [("headrace.table", table), ("headrace.topic", spec.topic),
+                   ("headrace.partition", str(partition)), ("headrace.offset", str(offset)),
+                   ("headrace.errors", json.dumps(row["errors"], default=str))]
+        producer.produce(spec.dead_letter_topic, value=(row["raw_record"] or "").encode(),
+                         key=f"{spec.topic}:{partition}:{offset}", headers=headers, on_delivery=delivered)
+        producer.poll(0)
+    left = producer.flush(spec.timeout_seconds)
+    if left or failures:
+        raise TransientError(f"dead-letter topic {spec.dead_letter_topic!r}: {left} message(s) not delivered"
+                             + (f" ({failures[0]})" if failures else ""),
+                             hint="check the topic and the brokers; the batch is sent again on the next attempt")

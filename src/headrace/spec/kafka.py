@@ -24,6 +24,9 @@ class KafkaSource:
     quarantines what breaks it (the dead-letter table) with its partition and offset in the
     record's file and line. ``config``: any librdkafka setting (``security.protocol``,
     ``sasl.mechanism``, ...). ``timeout_seconds`` bounds a run's wait for the brokers.
+    ``dead_letter_topic``: the rejected messages are also produced there (value: the raw
+    message; headers: the table, the reasons, the source topic, partition and offset), at least
+    once, before they are committed to the quarantine table.
     ``metadata=True`` adds ``_kafka_partition``, ``_kafka_offset``, ``_kafka_timestamp`` (epoch
     milliseconds) and ``_kafka_key`` (text, or null) to every record (a contract must allow
     them: declare them, or keep ``schema="evolve"``)."""
@@ -36,6 +39,7 @@ class KafkaSource:
     timeout_seconds: float = 30.0
     config: tuple[tuple[str, str], ...] = field(default=())
     metadata: bool = False
+    dead_letter_topic: str | None = None
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -69,6 +73,7 @@ def kafka(
     timeout_seconds: float = 30.0,
     config: Mapping[str, str] | None = None,
     metadata: bool = False,
+    dead_letter_topic: str | None = None,
     name: str | None = None,
 ) -> KafkaSource:
     """Declare a Kafka topic as a source (see :class:`KafkaSource`).
@@ -78,4 +83,4 @@ def kafka(
     """
     return KafkaSource(topic=topic, bootstrap=bootstrap, format=format, max_messages=max_messages,
                        timeout_seconds=timeout_seconds, config=tuple(sorted((config or {}).items())),
-                       metadata=metadata, name=name)
+                       metadata=metadata, dead_letter_topic=dead_letter_topic, name=name)
