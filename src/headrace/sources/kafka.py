@@ -4,7 +4,9 @@ The partitions are assigned explicitly from the given offsets (no consumer group
 join, nothing committed to Kafka) and read until every partition reports its end, the batch
 holds ``max_messages``, or nothing arrives for a while. A partition's file is named
 ``<topic>-p<partition>-o<first offset>.ndjson`` and holds one message value per line, so a
-quarantined record names its partition and offset (offset = first offset + line - 1).
+quarantined record names its partition and offset (offset = first offset + line - 1 where the
+partition has no gaps; compacted and transactional topics skip offsets, and ``metadata=True``
+records each message's own).
 confluent_kafka is imported here only, when a table reads a Kafka source.
 """
 
