@@ -126,7 +126,7 @@ class Lake:
         table = self.open(name)
         commits = []
         for entry in table.history(limit):
-            meta = {k[len(META_PREFIX):]: v for k, v in entry.items() if k.startswith(META_PREFIX)}
+            meta = _headrace_metadata(entry)
             ts = datetime.fromtimestamp(entry.get("timestamp", 0) / 1000, tz=UTC)
             commits.append(
                 Commit(
@@ -143,17 +143,32 @@ class Lake:
     def data_version(self, snapshot: Snapshot) -> int:
         """The version of the snapshot's newest commit that changed rows: what a table read
         from it depends on (a compaction after it changes the files, not the rows)."""
-        for entry in snapshot.table.history(100):
-            if str(entry.get("operation", "")) not in MAINTENANCE_OPERATIONS:
-                return int(entry.get("version", snapshot.version))
-        return snapshot.version
+        entry = _newest_data_entry(snapshot.table)
+        return int(entry.get("version", snapshot.version)) if entry else snapshot.version
 
     def last_commit_metadata(self, name: str) -> dict[str, Any]:
         """headrace metadata of the newest commit that wrote data (maintenance such as
         ``headrace optimize`` passed over), or {} when there is none."""
         if not self.exists(name):
             return {}
-        for commit in self.history(name, 100):
-            if commit.operation not in MAINTENANCE_OPERATIONS:
-                return commit.metadata
-        return {}
+        entry = _newest_data_entry(self.open(name))
+        return _headrace_metadata(entry) if entry else {}
+
+
+def _headrace_metadata(entry: dict[str, Any]) -> dict[str, Any]:
+    """A log entry's headrace keys, without their prefix."""
+    return {k[len(META_PREFIX):]: v for k, v in entry.items() if k.startswith(META_PREFIX)}
+
+
+def _newest_data_entry(table: DeltaTable) -> dict[str, Any] | None:
+    """The log entry of the newest commit that wrote data. Runs ask this of every table and
+    input, so the common case reads one entry; only after maintenance commits does it look
+    further back (up to 100)."""
+    for limit in (1, 100):
+        entries = table.history(limit)
+        for entry in entries:
+            if str(entry.get("operation", "")) not in MAINTENANCE_OPERATIONS:
+                return entry
+        if len(entries) < limit:
+            return None
+    return None

@@ -448,13 +448,14 @@ def _validate_parquet(
 ) -> ResultValidation:
     import pyarrow.parquet as pq
 
-    files = [Path(p) for p in files]
-    groups = file_groups(files, parallelism) or [()]
-    counts = {p: pq.ParquetFile(p).metadata.num_rows for p in files}
-    firsts, line = [], 1
-    for group in groups:
-        firsts.append(line)
-        line += sum(counts[p] for p in group)
+    files = [Path(p) for p in files]  # at least one: empty inputs stay on the driver
+    groups = file_groups(files, parallelism)
+    firsts = [1] * len(groups)  # a Parquet source numbers rows per file, in the task
+    if parquet_types is None:  # a result numbers its rows across files: each group's first
+        line = 1
+        for i, group in enumerate(groups):
+            firsts[i] = line
+            line += sum(pq.ParquetFile(p).metadata.num_rows for p in group)
     folders = [workdir / f"result-{i}" for i in range(len(groups))]
 
     def jobs(step: str, **kw: Any) -> list[_ResultJob]:
@@ -464,7 +465,7 @@ def _validate_parquet(
 
     duplicates: tuple[Path, ...] = ()
     keys = [i for i, kind in enumerate(contract.columns.values()) if kind.key]
-    if keys and files:
+    if keys:
         _run(spark, jobs("keys"), spec=spec, source_name=origin)
         counted = [p for d in folders for p in sorted((d / "keys").glob("*.parquet"))]
         names = [f"__hr_k{i}" for i in keys]

@@ -378,11 +378,7 @@ class SparkTaskSession:
 
     def _good_rows(self, done: Any) -> Any:
         """The stored rows that passed every rule and hold no duplicated key."""
-        import pyarrow.parquet as pq
-
-        stored = pq.read_schema(done.stored[0])
-        wanted = pa.schema([stored.field(c) for c in (*done.columns, "__hr_bad")])
-        frame = self._parquet_frame(done.stored, wanted)
+        frame = self._stored_frame(done.stored, (*done.columns, "__hr_bad"))
         if done.duplicates:
             from pyspark.sql import functions as F
 
@@ -473,16 +469,21 @@ class SparkTaskSession:
     def _checked_rows(self, key: str, done: Any) -> Any:
         """The good rows of a validation in tasks (a ``ResultValidation``) as a DataFrame; its
         rejects kept in the driver's DuckDB under ``key`` for :meth:`quarantine_reader`."""
-        import pyarrow.parquet as pq
-
         from headrace.quality.contracts import StoredValidation
 
         self._local.keep_validated(key, StoredValidation(
             rows=done.rows, quarantined=done.quarantined, columns=done.columns, fields=done.fields, good="",
             rejects=done.rejects_sql, headers={}, path="stored"))
-        stored = pq.read_schema(done.checked[0])
-        frame = self._parquet_frame(done.checked, pa.schema([stored.field(c) for c in (*done.columns, "__hr_good")]))
+        frame = self._stored_frame(done.checked, (*done.columns, "__hr_good"))
         return frame.where("__hr_good").select(*[quote_spark(c) for c in done.columns])
+
+    def _stored_frame(self, paths: Sequence[Path], columns: Sequence[str]) -> Any:
+        """Parquet files the validation tasks stored (one schema: the first file's footer),
+        read by Spark with only ``columns``."""
+        import pyarrow.parquet as pq
+
+        stored = pq.read_schema(paths[0])
+        return self._parquet_frame(paths, pa.schema([stored.field(c) for c in columns]))
 
     def quarantine_reader(self, key: str, *, table: str, run_id: str) -> pa.RecordBatchReader:
         return self._local.quarantine_reader(key, table=table, run_id=run_id)

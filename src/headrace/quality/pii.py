@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from headrace.errors import ConfigError
@@ -80,9 +80,9 @@ def protect_sql(mask: str, column: str, *, dialect: Dialect, key: str | None) ->
     raise ValueError(f"unknown mask {mask!r}")
 
 
-def redact_raw_sql(raw: str, texts: Mapping[str, str]) -> str:
+def redact_raw_sql(raw: str, texts: Iterable[str]) -> str:
     """``raw`` (a record's raw text, SQL) with each protected field's text replaced by ``***``;
-    ``texts`` maps a column to the SQL of its field's text as read (DuckDB, in validation)."""
-    for text in texts.values():  # DuckDB's replace leaves the text as it is for an empty search
+    ``texts`` are the SQL of those fields' texts as read (DuckDB, in validation)."""
+    for text in texts:  # DuckDB's replace leaves the text as it is for an empty search
         raw = f"replace({raw}, coalesce({text}, ''), '***')"
     return raw

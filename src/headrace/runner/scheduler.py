@@ -622,16 +622,16 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def install_signal_handlers(scheduler: Stoppable) -> Callable[[], None]:
+def install_signal_handlers(target: Stoppable) -> Callable[[], None]:
     """SIGTERM/SIGINT ask for a graceful stop; a second SIGINT raises KeyboardInterrupt."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def graceful(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
-        if scheduler.stopping and signum == signal.SIGINT:
+        if target.stopping and signum == signal.SIGINT:
             raise KeyboardInterrupt
         log.warning("%s received: stopping after the current run (Ctrl-C again to abort)", name)
-        scheduler.stop()
+        target.stop()
 
     for sig in previous:
         signal.signal(sig, graceful)

@@ -111,7 +111,8 @@ class TableTask:
         self.full_refresh = full_refresh
         self.logical_date = logical_date
         self._workdirs: list[Path] = []
-        self._cursors: dict[str, str | None] = {}
+        # how far this attempt read each database/Kafka input, keyed as the commit records it
+        self._positions: dict[str, str | None] = {}
         self._file_state: FileState | None = None  # what the table holds, per input file
         self._listed_at_ns = 0
         self.appends = AppendLedger(spec, lake, self._rel)
@@ -170,7 +171,7 @@ class TableTask:
         check_cursor(previous, newest, source_name=name)
         if item.cursor:
             mark = newest if previous is None or (newest is not None and newest > previous) else previous
-            self._cursors[key] = dump_cursor(mark)
+            self._positions[f"cursor.{key}"] = dump_cursor(mark)
         entries = tuple(
             FileEntry(path=p, size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns, digest=file_digest(p))
             for p in paths
@@ -191,7 +192,7 @@ class TableTask:
         workdir = Path(tempfile.mkdtemp(prefix=f"{self.spec.name}-kafka-", dir=self._tmp_root()))
         self._workdirs.append(workdir)
         read = read_kafka(item, since=since, target=workdir / key, source_name=name)
-        self._cursors[f"offsets.{key}"] = dump_offsets(read.offsets)
+        self._positions[f"offsets.{key}"] = dump_offsets(read.offsets)
         entries = tuple(
             FileEntry(path=p, size=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns, digest=file_digest(p))
             for p in read.files
@@ -274,7 +275,7 @@ class TableTask:
         return None
 
     def run(self, attempt: int) -> TaskResult:
-        self._cursors = {}  # watermarks read by this attempt
+        self._positions = {}
         try:
             return self._attempt(attempt)
         finally:
@@ -286,7 +287,7 @@ class TableTask:
         key = self.files.key()
         self._file_state = self.files.recorded(key) if key else None
         inputs = self.resolve_inputs()
-        if self._cursors and all(b.kind == "database" and not b.rows for b in inputs.batches.values()):
+        if self._positions and all(b.kind == "database" and not b.rows for b in inputs.batches.values()):
             return TaskResult("unchanged", 0, None, None, None, "no new rows since the stored watermark")
         if any(b.kind == "kafka" and not b.rows for b in inputs.batches.values()):
             # a table over a topic is driven by its messages: no new ones, nothing to add
@@ -445,7 +446,7 @@ class TableTask:
         """What this commit consumed, written with its data: database watermarks; for an
         append table its files (so a file that later changes can be recognised); for a table
         processing its files incrementally, every file it now holds and their partitions."""
-        meta = {k if k.startswith("offsets.") else f"cursor.{k}": v for k, v in self._cursors.items() if v is not None}
+        meta = {k: v for k, v in self._positions.items() if v is not None}
         if isinstance(self.spec.write, Append):
             files = {self._rel(e.path): e.digest for b in inputs.batches.values() if b.kind == "files"
                      for e in b.files}

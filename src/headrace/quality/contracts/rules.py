@@ -340,7 +340,7 @@ def plan_validation(
     ]
     outputs.extend(quote_ident(x) for x in extras)
     bad = f"(__hr_error IS NOT NULL OR {any_bad})"
-    texts = {name: f"__hr_v{i}" for i, (name, kind) in enumerate(contract.columns.items()) if kind.mask}
+    texts = [f"__hr_v{i}" for i, kind in enumerate(contract.columns.values()) if kind.mask]
     shown = f"CASE WHEN {bad} THEN {redact_raw_sql('__hr_raw', texts)} END AS __hr_raw_shown, " if texts else ""
     sql = (
         f"SELECT {', '.join(outputs)}, __hr_file, __hr_line, "
